@@ -1,0 +1,76 @@
+"""Every error a client can see, in the OpenAI envelope, mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from overnight.api.responses import JSON
+from overnight.errors import InvalidRequest, OvernightError
+
+log = logging.getLogger("overnight.api")
+
+_HTTP_CODES = {
+    401: ("invalid_api_key", "invalid_request_error"),
+    404: ("not_found", "invalid_request_error"),
+    405: ("method_not_allowed", "invalid_request_error"),
+    413: ("request_too_large", "invalid_request_error"),
+}
+
+
+def envelope(status: int, message: str, type_: str, param: str | None, code: str | None) -> JSON:
+    return JSON(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        status_code=status,
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(OvernightError)
+    async def _domain(_: Request, exc: OvernightError) -> JSON:
+        response = envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code)
+        if exc.status_code == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSON:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        kind = first.get("type", "")
+        if kind == "missing":
+            return envelope(
+                400,
+                f"Missing required parameter: '{param}'.",
+                "invalid_request_error",
+                param,
+                "missing_required_parameter",
+            )
+        message = first.get("msg", "Invalid request.")
+        if kind == "json_invalid":
+            message, param = "The request body is not valid JSON.", None
+        text = f"Invalid value for '{param}': {message}" if param else message
+        return envelope(400, text, InvalidRequest.type, param, "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
+        code, type_ = _HTTP_CODES.get(exc.status_code, ("invalid_request", "invalid_request_error"))
+        message = str(exc.detail) if exc.detail else "Request failed."
+        if exc.status_code == 404 and message == "Not Found":
+            message = "Unknown route."
+        return envelope(exc.status_code, message, type_, None, code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSON:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(
+            500,
+            "The server had an error while processing your request.",
+            "server_error",
+            None,
+            "internal_error",
+        )

@@ -1,0 +1,78 @@
+"""The one interface the engine uses to execute a request.
+
+A backend takes the JSON body of one batch line and answers with what the
+synchronous endpoint would have answered. Transient trouble (connection
+errors, timeouts, 429, 5xx, garbage bodies) is raised as `TransientError` so
+the engine can retry with backoff and shrink its concurrency; anything else is
+a final answer, success or not.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The canonical spelling of every endpoint the engine knows. Azure's spelling
+# without "/v1" is mapped onto these by `jsonl.normalize_endpoint`.
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+
+
+@dataclass(slots=True)
+class Response:
+    """A final answer from the model: a 2xx success or a non-retryable error."""
+
+    status_code: int
+    body: dict[str, Any]
+    request_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class TransientError(Exception):
+    """The request may succeed if sent again later.
+
+    `retry_after` (seconds) is the upstream's own hint, when it gave one.
+    `response` is the last answer received, kept so that a request that
+    exhausts its retries is reported with what the upstream actually said.
+    `overloaded` marks signals that the upstream is past its capacity
+    (429, 503, timeouts): the concurrency limiter backs off on those.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        response: Response | None = None,
+        overloaded: bool = False,
+        code: str = "upstream_error",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.response = response
+        self.overloaded = overloaded
+        self.code = code
+
+
+class Backend(ABC):
+    """Executes one request body against one endpoint of one model."""
+
+    @abstractmethod
+    async def send(self, endpoint: str, body: dict[str, Any]) -> Response:
+        """Answer `body` as `endpoint` would; raise `TransientError` to ask for a retry."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections or load weights before the first request."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, threads and memory."""
+
+    def describe(self) -> str:
+        """One line for logs and the startup banner; never includes secrets."""
+        return type(self).__name__

@@ -1,0 +1,72 @@
+"""Where file bytes live: a small streaming interface with local and S3 drivers."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+# Keys are made by overnight from ids, never from client filenames; this
+# pattern is the last line of defence against a path escaping the store.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-./]{0,250}$")
+
+
+def check_key(key: str) -> str:
+    if not KEY_PATTERN.match(key) or ".." in key or "//" in key:
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+class BlobWriter(ABC):
+    """An object being written in parts; invisible to readers until `commit()`."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> int:
+        """Publish the object; returns its size in bytes."""
+
+    @abstractmethod
+    async def abort(self) -> None: ...
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    async def writer(self, key: str) -> BlobWriter: ...
+
+    @abstractmethod
+    def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    async def put(self, key: str, data: bytes) -> int:
+        w = await self.writer(key)
+        try:
+            await w.write(data)
+        except BaseException:
+            await w.abort()
+            raise
+        return await w.commit()
+
+    async def read_all(self, key: str) -> bytes:
+        return b"".join([c async for c in self.read(key)])
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def open_blobs(url: str) -> BlobStore:
+    """`file:///dir` (default) or `s3://bucket/prefix`."""
+    if url.startswith("s3://"):
+        from overnight.blobs.s3 import S3BlobStore
+
+        return S3BlobStore.from_url(url)
+    from overnight.blobs.local import LocalBlobStore
+
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return LocalBlobStore(path)

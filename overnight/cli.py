@@ -1,0 +1,165 @@
+"""The `overnight` command: serve, worker, and the client commands."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from overnight import settings as settings_mod
+from overnight.errors import ConfigError
+from overnight.settings import Settings
+
+app = typer.Typer(
+    help="overnight: a self-hosted Batch API for LLM workloads (OpenAI and Azure compatible).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where the SQLite database and files live [env OVERNIGHT_DATA_DIR]."
+    ),
+]
+UpstreamOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream",
+        help="OpenAI-compatible base URL serving every model [env OVERNIGHT_UPSTREAM_URL].",
+    ),
+]
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="postgresql://... for scale-out [env OVERNIGHT_DATABASE_URL]."
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-url", help="s3://bucket/prefix for scale-out [env OVERNIGHT_STORAGE_URL]."
+    ),
+]
+
+
+def _load(**overrides: object) -> Settings:
+    try:
+        return settings_mod.load(**overrides)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        typer.echo(f"overnight: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    upstream: UpstreamOpt = None,
+    database_url: DatabaseOpt = None,
+    storage_url: StorageOpt = None,
+    no_executor: Annotated[
+        bool, typer.Option("--no-executor", help="Serve the API only; workers run batches.")
+    ] = False,
+) -> None:
+    """Run the HTTP API and the executor in one process."""
+    import uvicorn
+
+    from overnight.api.app import create_app
+    from overnight.backends.router import Router
+
+    s = _load(
+        config_file=config,
+        data_dir=data_dir,
+        upstream_url=upstream,
+        host=host,
+        port=port,
+        database_url=database_url,
+        storage_url=storage_url,
+        run_executor=False if no_executor else None,
+    )
+    _setup_logging(s.log_level)
+    if not s.api_keys and not is_loopback(s.host):
+        typer.echo(
+            f"overnight: refusing to listen on {s.host} without API keys. Set "
+            "OVERNIGHT_API_KEYS=project:key (or create one with `overnight keys create "
+            "--project NAME`), or bind 127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    log = logging.getLogger("overnight")
+    log.info("overnight listening on http://%s:%d (data dir %s)", s.host, s.port, s.data_dir)
+    log.info("routing: %s", Router(s).describe())
+    uvicorn.run(
+        create_app(s),
+        host=s.host,
+        port=s.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    upstream: UpstreamOpt = None,
+    database_url: DatabaseOpt = None,
+    storage_url: StorageOpt = None,
+) -> None:
+    """Run the executor only (no HTTP API), against a shared database and storage."""
+    from overnight.engine.scheduler import Scheduler
+    from overnight.services import Services
+
+    s = _load(
+        config_file=config,
+        data_dir=data_dir,
+        upstream_url=upstream,
+        database_url=database_url,
+        storage_url=storage_url,
+    )
+    _setup_logging(s.log_level)
+
+    async def run() -> None:
+        svc = await Services.open(s)
+        scheduler = Scheduler(svc)
+        await scheduler.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("overnight").info("worker %s running", svc.owner)
+        await stop.wait()
+        await scheduler.stop()
+        await svc.close()
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,182 @@
+"""Write a batch's output and error files from the ledger, then close the batch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from overnight.blobs.base import BlobWriter
+from overnight.jsonl import request_id, result_line
+from overnight.models import BatchStatus, File, RequestState, new_file_id, now
+from overnight.services import Services
+from overnight.store.schema import files as files_table
+
+log = logging.getLogger("overnight.finalize")
+
+OUTPUT_TTL = 30 * 86400
+
+STOP_ERRORS = {
+    "expire": (
+        "batch_expired",
+        "This request could not be executed before the completion window expired.",
+    ),
+    "cancel": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+}
+
+
+class _Output:
+    """One result file being written, created only when its first line arrives."""
+
+    def __init__(self, svc: Services, batch_id: str, kind: str) -> None:
+        self.svc = svc
+        self.name = f"{batch_id}_{kind}.jsonl"
+        self.file_id = new_file_id()
+        self.key = f"files/{self.file_id}"
+        self.writer: BlobWriter | None = None
+        self.parts: list[bytes] = []
+        self.pending = 0
+        self.size = 0
+
+    async def add(self, line: bytes) -> None:
+        self.parts.append(line)
+        self.pending += len(line)
+        if self.pending >= 1 << 20:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if not self.parts:
+            return
+        if self.writer is None:
+            self.writer = await self.svc.blobs.writer(self.key)
+        await self.writer.write(b"".join(self.parts))
+        self.parts, self.pending = [], 0
+
+    async def commit(self) -> int | None:
+        await self._drain()
+        if self.writer is None:
+            return None
+        self.size = await self.writer.commit()
+        return self.size
+
+    async def abort(self) -> None:
+        if self.writer is not None:
+            await self.writer.abort()
+
+
+async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
+    """Finish `row`: reason None (all done), "cancel" or "expire". Safe to re-run after a crash."""
+    ledger = svc.store.ledger
+    if reason in STOP_ERRORS:
+        code, message = STOP_ERRORS[reason]
+        await ledger.close_open(row.seq, orjson.dumps({"code": code, "message": message}).decode())
+    elif row.status == BatchStatus.IN_PROGRESS:
+        await svc.store.batches.transition(
+            row.id, [BatchStatus.IN_PROGRESS], status=BatchStatus.FINALIZING, finalizing_at=now()
+        )
+
+    output = _Output(svc, row.id, "output")
+    errors = _Output(svc, row.id, "error")
+    try:
+        async for r in ledger.results(row.seq):
+            if r.state == RequestState.DONE:
+                target = output
+            elif r.state == RequestState.FAILED:
+                target = errors
+            else:
+                continue
+            error = orjson.loads(r.error) if r.error else None
+            await target.add(
+                result_line(
+                    request_id(row.id, r.line),
+                    r.custom_id,
+                    r.status_code,
+                    r.upstream_request_id,
+                    r.response,
+                    error,
+                )
+            )
+        out_size = await output.commit()
+        err_size = await errors.commit()
+    except BaseException:
+        await output.abort()
+        await errors.abort()
+        raise
+
+    counts, usage = await ledger.counts(row.seq)
+    t = now()
+    ttl = OUTPUT_TTL
+    if row.output_expires_after:
+        ttl = int(orjson.loads(row.output_expires_after).get("seconds", OUTPUT_TTL))
+    final = {
+        None: (BatchStatus.COMPLETED, "completed_at"),
+        "cancel": (BatchStatus.CANCELLED, "cancelled_at"),
+        "expire": (BatchStatus.EXPIRED, "expired_at"),
+    }[reason]
+    values: dict[str, Any] = {
+        "status": final[0],
+        final[1]: t,
+        "total": counts.total,
+        "completed": counts.completed,
+        "failed": counts.failed,
+        "input_tokens": usage.input_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "owner": None,
+        "owner_until": None,
+    }
+    new_files = []
+    for out, size, column in (
+        (output, out_size, "output_file_id"),
+        (errors, err_size, "error_file_id"),
+    ):
+        if size is None:
+            continue
+        values[column] = out.file_id
+        new_files.append(
+            File(
+                id=out.file_id,
+                project=row.project,
+                purpose="batch_output",
+                filename=out.name,
+                bytes=size,
+                created_at=t,
+                expires_at=t + ttl,
+                blob_key=out.key,
+            )
+        )
+    from_states = [BatchStatus.FINALIZING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]
+    async with svc.store.engine.begin() as conn:
+        for f in new_files:
+            await conn.execute(
+                files_table.insert().values(
+                    id=f.id,
+                    project=f.project,
+                    purpose=f.purpose,
+                    filename=f.filename,
+                    bytes=f.bytes,
+                    created_at=f.created_at,
+                    expires_at=f.expires_at,
+                    status=f.status,
+                    status_details=None,
+                    blob_key=f.blob_key,
+                )
+            )
+        done = await svc.store.batches.transition(row.id, from_states, conn=conn, **values)
+        if not done:
+            await conn.rollback()
+    if not done:
+        for f in new_files:
+            await svc.blobs.delete(f.blob_key)
+        log.info("batch %s was finalized elsewhere", row.id)
+        return
+    log.info(
+        "batch %s %s: %d completed, %d failed of %d",
+        row.id,
+        final[0],
+        counts.completed,
+        counts.failed,
+        counts.total,
+    )

@@ -1,0 +1,154 @@
+"""How many requests an upstream gets at once, and how fast: discovered, not configured.
+
+`Limiter` is AIMD on concurrency (TCP-style slow start, then +1 per window of
+successes, x0.7 on overload signals at most once per window), plus a shared
+pause that honours `retry-after` and the `x-ratelimit-*` headers, plus
+optional static requests-per-minute and tokens-per-minute buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """OpenAI's reset durations ("1s", "6m0s", "20ms", "0.5s") or plain seconds, to seconds."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    total, matched = 0.0, False
+    for number, unit in _DURATION.findall(value):
+        matched = True
+        n = float(number)
+        total += {"ms": n / 1000, "s": n, "m": n * 60, "h": n * 3600}[unit]
+    return total if matched else None
+
+
+class TokenBucket:
+    """`rate` units per minute, bursting up to `burst`; `take` waits until enough is there."""
+
+    def __init__(self, per_minute: float, burst: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = burst if burst is not None else max(1.0, per_minute / 60.0)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def _fill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def take(self, amount: float = 1.0) -> None:
+        amount = min(amount, self.capacity)
+        while True:
+            self._fill()
+            if self.level >= amount:
+                self.level -= amount
+                return
+            await asyncio.sleep((amount - self.level) / self.rate)
+
+
+class Limiter:
+    def __init__(
+        self,
+        *,
+        initial: int = 16,
+        ceiling: int = 256,
+        floor: int = 1,
+        rpm: int | None = None,
+        tpm: int | None = None,
+    ) -> None:
+        self.limit = float(min(initial, ceiling))
+        self.ceiling = ceiling
+        self.floor = floor
+        self.slow_start = True
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self._cond = asyncio.Condition()
+        self._last_decrease = 0.0
+        self._successes = 0
+        self.overloads = 0
+        self.rpm = TokenBucket(rpm, burst=max(1.0, rpm / 60.0)) if rpm else None
+        self.tpm = TokenBucket(tpm, burst=max(1.0, tpm / 6.0)) if tpm else None
+
+    @property
+    def current(self) -> int:
+        return max(self.floor, int(self.limit))
+
+    async def acquire(self, tokens: int = 0) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.current)
+            self.in_flight += 1
+        try:
+            while (wait := self.paused_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self.rpm:
+                await self.rpm.take()
+            if self.tpm and tokens:
+                await self.tpm.take(tokens)
+        except BaseException:
+            await self.release()
+            raise
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def on_success(self, headers: Any = None) -> None:
+        if self.slow_start:
+            self.limit = min(self.ceiling, self.limit + 1)
+        else:
+            self._successes += 1
+            if self._successes >= self.current:
+                self._successes = 0
+                self.limit = min(self.ceiling, self.limit + 1)
+        if headers is not None:
+            self._read_headers(headers)
+
+    def on_overload(self, retry_after: float | None = None, headers: Any = None) -> None:
+        """A 429, 503 or timeout: shrink once per window, and pause if told to."""
+        self.overloads += 1
+        self.slow_start = False
+        now = time.monotonic()
+        # Many requests in flight see the same overload; count it once per window.
+        if now - self._last_decrease > 1.0:
+            self._last_decrease = now
+            self.limit = max(float(self.floor), self.limit * 0.7)
+        if retry_after is not None:
+            self.pause(retry_after)
+        if headers is not None:
+            self._read_headers(headers)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + min(seconds, 300.0))
+
+    def _read_headers(self, headers: Any) -> None:
+        for kind in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            if remaining is None:
+                continue
+            try:
+                left = float(remaining)
+            except ValueError:
+                continue
+            if left <= 0:
+                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    self.pause(reset)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "limit": self.current,
+            "in_flight": self.in_flight,
+            "paused_for": max(0.0, round(self.paused_until - time.monotonic(), 3)),
+            "overloads": self.overloads,
+        }

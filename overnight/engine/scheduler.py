@@ -1,0 +1,163 @@
+"""Drive every batch through its lifecycle: validate, run, stop, finalize.
+
+The scheduler reads the batches table every `poll_interval` (or sooner when
+woken by the API in the same process) and decides what each open batch needs.
+All decisions are re-derived from the store, so any process can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from overnight.engine.finalize import finalize_batch
+from overnight.engine.runner import ActiveBatch, Runner
+from overnight.engine.validate import validate_batch
+from overnight.models import BatchStatus, now
+from overnight.services import Services
+
+log = logging.getLogger("overnight.scheduler")
+
+HOUSEKEEPING_EVERY = 5.0
+
+
+class Scheduler:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.runner = Runner(svc)
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_housekeeping = 0.0
+        self._idle = asyncio.Event()
+        self.active = 0
+
+    async def start(self) -> None:
+        if self.svc.store.single_process:
+            released = await self.svc.store.ledger.release_all()
+            if released:
+                log.info(
+                    "resumed: %d requests in flight at the last stop will be sent again", released
+                )
+        self.runner.start()
+        self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        interval = self.svc.settings.poll_interval
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler tick failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        svc = self.svc
+        t = time.time()
+        if t - self._last_housekeeping > HOUSEKEEPING_EVERY:
+            self._last_housekeeping = t
+            await self._housekeeping(t)
+        rows = await svc.store.batches.active()
+        runnable: list[ActiveBatch] = []
+        for row in rows:
+            status = row.status
+            if status == BatchStatus.VALIDATING:
+                self._start_job(row, "validate", lambda r=row: validate_batch(svc, r))
+            elif status == BatchStatus.FINALIZING:
+                self._start_job(row, "finalize", lambda r=row: finalize_batch(svc, r, None))
+            elif status == BatchStatus.CANCELLING:
+                await self._stop_when_quiet(row, "cancel", row.cancelling_at)
+            elif status == BatchStatus.IN_PROGRESS:
+                if row.stop_reason is None and t >= row.expires_at:
+                    await svc.store.batches.set_values(row.id, stop_reason="expire")
+                    log.info("batch %s passed its completion window", row.id)
+                    continue
+                if row.stop_reason == "expire":
+                    await self._stop_when_quiet(row, "expire", row.expires_at)
+                    continue
+                if row.model is not None:
+                    runnable.append(ActiveBatch(row.seq, row.id, row.endpoint, row.model))
+                if row.completed + row.failed >= row.total:
+                    pending, leased = await svc.store.ledger.open_count(row.seq)
+                    if pending == 0 and leased == 0:
+                        self._start_job(row, "finalize", lambda r=row: finalize_batch(svc, r, None))
+        self.active = len(rows)
+        await self.runner.set_active(runnable)
+        if not rows:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def _stop_when_quiet(self, row: Any, reason: str, since: int | None) -> None:
+        """Let requests in flight finish, up to the grace period, then finalize."""
+        _pending, leased = await self.svc.store.ledger.open_count(row.seq)
+        grace = self.svc.settings.cancel_grace_seconds
+        if leased == 0 or since is None or now() - since >= grace:
+            self._start_job(row, "finalize", lambda: finalize_batch(self.svc, row, reason))
+
+    def _start_job(self, row: Any, what: str, job: Callable[[], Awaitable[None]]) -> None:
+        if row.id in self._jobs:
+            return
+
+        async def run() -> None:
+            svc = self.svc
+            until = time.time() + svc.settings.lease_seconds * 5
+            if not await svc.store.batches.take_ownership(row.id, svc.owner, time.time(), until):
+                return
+            try:
+                await job()
+            except Exception:
+                log.exception("could not %s batch %s; will try again", what, row.id)
+                await asyncio.sleep(1.0)
+            finally:
+                await svc.store.batches.release_ownership(row.id, svc.owner)
+                self._jobs.pop(row.id, None)
+                self.wake()
+
+        self._jobs[row.id] = asyncio.create_task(run(), name=f"{what}:{row.id}")
+
+    async def _housekeeping(self, t: float) -> None:
+        svc = self.svc
+        ledger = svc.store.ledger
+        await ledger.renew(svc.owner, t + svc.settings.lease_seconds)
+        for batch_id in list(self._jobs):
+            await svc.store.batches.take_ownership(
+                batch_id, svc.owner, t, t + svc.settings.lease_seconds * 5
+            )
+        if await ledger.reclaim_expired(t):
+            self.runner.poke()
+        for f in await svc.store.files.expired(int(t)):
+            await svc.blobs.delete(f.blob_key)
+            await svc.store.files.delete(f.id)
+
+    async def run_until_idle(self, timeout: float = 60.0) -> None:
+        """Burst mode: return once no batch is open (tests, one-shot runs)."""
+        self.wake()
+        await asyncio.wait_for(self._wait_idle(), timeout)
+
+    async def _wait_idle(self) -> None:
+        while True:
+            await self._idle.wait()
+            if not self._jobs:
+                return
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for job in list(self._jobs.values()):
+            job.cancel()
+        await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+        await self.runner.stop()

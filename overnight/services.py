@@ -1,0 +1,38 @@
+"""The parts a running overnight process is made of, built once at the entry point."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from overnight.backends.router import Router
+from overnight.blobs.base import BlobStore, open_blobs
+from overnight.settings import Settings
+from overnight.store import Store, open_store
+
+
+def process_name() -> str:
+    """Who holds a lease: unique per process, readable in the ledger."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    router: Router
+    owner: str = field(default_factory=process_name)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(settings.resolved_database_url)
+        blobs = open_blobs(settings.resolved_storage_url)
+        return cls(settings, store, blobs, Router(settings))
+
+    async def close(self) -> None:
+        await self.router.close()
+        await self.blobs.close()
+        await self.store.close()

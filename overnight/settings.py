@@ -1,0 +1,244 @@
+"""One Settings object, built once at the entry point from flags, env and a TOML file.
+
+Precedence: command-line flag, then environment variable, then config file,
+then default. Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from overnight.errors import ConfigError
+
+DEFAULT_ROUTE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where requests for one model (or deployment) name go."""
+
+    name: str
+    url: str | None = None  # OpenAI-compatible base URL, e.g. http://host:8000/v1
+    urls: tuple[str, ...] = ()  # replicas of the same model server
+    api_key: str | None = field(default=None, repr=False)
+    max_concurrency: int | None = None  # static ceiling; adaptive below it
+    timeout: float = 600.0
+    upstream_model: str | None = None  # rewrite body.model to this
+    gguf: str | None = None  # a local GGUF file: run in process
+    embedded: bool = False  # the embedded default model
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        return self.urls or ((self.url,) if self.url else ())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".overnight")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    storage_url: str | None = None
+    upstream_url: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    routes: tuple[Route, ...] = ()
+    embedded_by_default: bool = True
+    run_executor: bool = True
+    max_requests_per_batch: int = 50_000
+    completion_window_seconds: int = 86_400
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_batch_file_bytes: int = 200 * 1024 * 1024
+    max_line_bytes: int = 8 * 1024 * 1024
+    max_json_depth: int = 64
+    max_open_batches: int = 1000
+    lease_seconds: float = 60.0
+    claim_chunk: int = 256
+    flush_interval: float = 0.05
+    flush_max: int = 512
+    max_attempts: int = 5
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 60.0
+    initial_concurrency: int = 16
+    max_concurrency: int = 256
+    cancel_grace_seconds: float = 30.0
+    poll_interval: float = 0.2
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'overnight.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'files').resolve()}"
+
+    def route_for(self, model: str) -> Route | None:
+        """The route serving `model`: its own, else the default upstream, else embedded."""
+        for route in self.routes:
+            if route.name == model:
+                return route
+        for route in self.routes:
+            if route.name == DEFAULT_ROUTE:
+                return route
+        if self.upstream_url:
+            return Route(name=DEFAULT_ROUTE, url=self.upstream_url, api_key=self.upstream_api_key)
+        if self.embedded_by_default and not self.routes:
+            return Route(name=DEFAULT_ROUTE, embedded=True)
+        return None
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs people write (postgresql://, sqlite:///) and pick async drivers."""
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, ...]:
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError("config: [models] must be a table of model names")
+    routes = []
+    for name, spec in models.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"config: [models.{name!r}] must be a table")
+        known = {
+            "url",
+            "urls",
+            "api_key_env",
+            "max_concurrency",
+            "timeout",
+            "model",
+            "gguf",
+            "rpm",
+            "tpm",
+            "embedded",
+        }
+        unknown = set(spec) - known
+        if unknown:
+            raise ConfigError(
+                f"config: [models.{name!r}] has unknown keys {sorted(unknown)}; "
+                f"known keys are {sorted(known)}"
+            )
+        key_env = spec.get("api_key_env")
+        if key_env and key_env not in env:
+            raise ConfigError(
+                f"config: [models.{name!r}] reads its key from ${key_env}, which is not set"
+            )
+        urls = spec.get("urls", [])
+        if not (spec.get("url") or urls or spec.get("gguf") or spec.get("embedded")):
+            raise ConfigError(
+                f"config: [models.{name!r}] needs one of url, urls, gguf or embedded = true"
+            )
+        routes.append(
+            Route(
+                name=name,
+                url=spec.get("url"),
+                urls=tuple(urls),
+                api_key=env.get(key_env) if key_env else None,
+                max_concurrency=spec.get("max_concurrency"),
+                timeout=float(spec.get("timeout", 600.0)),
+                upstream_model=spec.get("model"),
+                gguf=spec.get("gguf"),
+                embedded=bool(spec.get("embedded", False)),
+                rpm=spec.get("rpm"),
+                tpm=spec.get("tpm"),
+            )
+        )
+    return tuple(routes)
+
+
+def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        project, sep, key = item.partition(":")
+        if not sep or not project or not key:
+            raise ConfigError("OVERNIGHT_API_KEYS must be comma-separated project:key pairs")
+        pairs.append((project, key))
+    return tuple(pairs)
+
+
+def load(
+    config_file: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from env, an optional TOML file and explicit overrides (CLI flags)."""
+    env = dict(os.environ) if env is None else env
+    doc: dict[str, Any] = {}
+    config_file = config_file or env.get("OVERNIGHT_CONFIG")
+    if config_file:
+        try:
+            doc = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+
+    server = doc.get("server", {})
+    values: dict[str, Any] = {}
+    for key in ("data_dir", "database_url", "storage_url", "upstream_url", "host", "port"):
+        if key in server:
+            values[key] = server[key]
+    for key in ("max_requests_per_batch", "completion_window_seconds", "max_attempts"):
+        if key in server:
+            values[key] = int(server[key])
+    env_map = {
+        "OVERNIGHT_DATA_DIR": "data_dir",
+        "OVERNIGHT_DATABASE_URL": "database_url",
+        "OVERNIGHT_STORAGE_URL": "storage_url",
+        "OVERNIGHT_UPSTREAM_URL": "upstream_url",
+        "OVERNIGHT_UPSTREAM_API_KEY": "upstream_api_key",
+        "OVERNIGHT_LOG_LEVEL": "log_level",
+    }
+    for var, key in env_map.items():
+        if env.get(var):
+            values[key] = env[var]
+    int_env = {
+        "OVERNIGHT_MAX_REQUESTS_PER_BATCH": "max_requests_per_batch",
+        "OVERNIGHT_COMPLETION_WINDOW_SECONDS": "completion_window_seconds",
+        "OVERNIGHT_MAX_ATTEMPTS": "max_attempts",
+        "OVERNIGHT_MAX_OPEN_BATCHES": "max_open_batches",
+    }
+    float_env = {
+        "OVERNIGHT_RETRY_BASE_DELAY": "retry_base_delay",
+        "OVERNIGHT_LEASE_SECONDS": "lease_seconds",
+        "OVERNIGHT_CANCEL_GRACE_SECONDS": "cancel_grace_seconds",
+    }
+    for var, key in int_env.items():
+        if env.get(var):
+            values[key] = _number(var, env[var], int)
+    for var, key in float_env.items():
+        if env.get(var):
+            values[key] = _number(var, env[var], float)
+    if env.get("OVERNIGHT_API_KEYS"):
+        values["api_keys"] = _parse_api_keys(env["OVERNIGHT_API_KEYS"])
+    values["routes"] = _routes_from_toml(doc, env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"])
+    return Settings(**values)
+
+
+def _number(var: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number, got {raw!r}") from None

@@ -1,0 +1,164 @@
+"""Batch rows: create, read, list, and compare-and-set status transitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from overnight.models import Batch, BatchError, BatchStatus, Usage
+from overnight.store.schema import batches
+
+_PLAIN = (
+    "id",
+    "project",
+    "endpoint",
+    "endpoint_spelling",
+    "model",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "created_at",
+    "expires_at",
+    "output_file_id",
+    "error_file_id",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "total",
+    "completed",
+    "failed",
+)
+
+
+def _loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def to_batch(row: Any) -> Batch:
+    b = Batch(**{c: getattr(row, c) for c in _PLAIN})
+    errors = _loads(row.errors)
+    b.errors = [BatchError(**e) for e in errors] if errors else None
+    b.usage = Usage(row.input_tokens, row.cached_tokens, row.output_tokens, row.reasoning_tokens)
+    b.metadata = _loads(row.metadata)
+    b.output_expires_after = _loads(row.output_expires_after)
+    return b
+
+
+def errors_json(errors: Iterable[BatchError]) -> str:
+    return orjson.dumps([e.to_api() for e in errors]).decode()
+
+
+class BatchRepo:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, b: Batch) -> int:
+        values = {c: getattr(b, c) for c in _PLAIN}
+        values["metadata"] = orjson.dumps(b.metadata).decode() if b.metadata is not None else None
+        values["output_expires_after"] = (
+            orjson.dumps(b.output_expires_after).decode() if b.output_expires_after else None
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(insert(batches).values(values))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def get(self, batch_id: str, project: str | None = None) -> Batch | None:
+        row = await self.row(batch_id, project)
+        return to_batch(row) if row else None
+
+    async def row(self, batch_id: str, project: str | None = None) -> Any:
+        query = select(batches).where(batches.c.id == batch_id)
+        if project is not None:
+            query = query.where(batches.c.project == project)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first()
+
+    async def list(
+        self, project: str, *, limit: int, after: str | None
+    ) -> tuple[list[Batch], bool]:
+        query = select(batches).where(batches.c.project == project)
+        async with self.engine.connect() as conn:
+            if after:
+                cursor = (
+                    await conn.execute(
+                        select(batches.c.seq).where(
+                            batches.c.id == after, batches.c.project == project
+                        )
+                    )
+                ).scalar()
+                if cursor is None:
+                    return [], False
+                query = query.where(batches.c.seq < cursor)
+            query = query.order_by(batches.c.seq.desc()).limit(limit + 1)
+            rows = (await conn.execute(query)).all()
+        return [to_batch(r) for r in rows[:limit]], len(rows) > limit
+
+    async def count_open(self, project: str) -> int:
+        open_states = [s.value for s in BatchStatus if not s.terminal]
+        query = select(func.count()).where(
+            batches.c.project == project, batches.c.status.in_(open_states)
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def active(self) -> list[Any]:
+        """Rows of every batch the executor still has work on."""
+        open_states = [s.value for s in BatchStatus if not s.terminal]
+        query = select(batches).where(batches.c.status.in_(open_states)).order_by(batches.c.seq)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def transition(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        conn: AsyncConnection | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set `values` only if the batch is still in one of `from_states`."""
+        query = (
+            update(batches)
+            .where(batches.c.id == batch_id, batches.c.status.in_(list(from_states)))
+            .values(**values)
+        )
+        if conn is not None:
+            return (await conn.execute(query)).rowcount == 1
+        async with self.engine.begin() as c:
+            return (await c.execute(query)).rowcount == 1
+
+    async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
+        """A batch-level lease, so one process validates or finalizes a batch at a time."""
+        query = (
+            update(batches)
+            .where(
+                batches.c.id == batch_id,
+                or_(
+                    batches.c.owner.is_(None),
+                    batches.c.owner == owner,
+                    and_(batches.c.owner_until.is_not(None), batches.c.owner_until < now),
+                ),
+            )
+            .values(owner=owner, owner_until=until)
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(query)).rowcount == 1
+
+    async def release_ownership(self, batch_id: str, owner: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.owner == owner)
+                .values(owner=None, owner_until=None)
+            )
+
+    async def set_values(self, batch_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))

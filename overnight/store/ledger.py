@@ -1,0 +1,322 @@
+"""The request ledger: one row per request, the heart of durability.
+
+Rows move pending -> leased (owner, deadline) -> done | failed. Results are
+written in batched transactions together with the batch's live counters, so a
+crash loses at most the requests that were in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from overnight.jsonl import Line
+from overnight.models import RequestState, Usage
+from overnight.store.schema import batches, requests
+
+
+@dataclass(slots=True)
+class Claimed:
+    id: int
+    line: int
+    custom_id: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed request."""
+
+    id: int
+    batch_seq: int
+    ok: bool
+    status_code: int | None
+    response: bytes | None  # compact JSON of the answer body
+    error: str | None  # JSON of {code, message} when there was no answer
+    upstream_request_id: str | None
+    attempts: int
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Counts:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    open: int = 0
+    leased: int = 0
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
+        if not lines:
+            return
+        rows = [
+            {
+                "batch_seq": batch_seq,
+                "line": ln.number,
+                "custom_id": ln.custom_id,
+                "body": ln.body,
+                "state": RequestState.PENDING,
+                "attempts": 0,
+                "input_tokens": 0,
+                "cached_tokens": 0,
+                "output_tokens": 0,
+                "reasoning_tokens": 0,
+            }
+            for ln in lines
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(requests), rows)
+
+    async def clear(self, batch_seq: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(requests).where(requests.c.batch_seq == batch_seq))
+
+    async def claim(
+        self, batch_seq: int, owner: str, limit: int, lease_until: float
+    ) -> list[Claimed]:
+        """Lease up to `limit` pending requests of a batch, in file order."""
+        picked = (
+            select(requests.c.id)
+            .where(requests.c.batch_seq == batch_seq, requests.c.state == RequestState.PENDING)
+            .order_by(requests.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        query = (
+            update(requests)
+            .where(requests.c.id.in_(picked))
+            .values(state=RequestState.LEASED, lease_owner=owner, lease_until=lease_until)
+            .returning(
+                requests.c.id,
+                requests.c.line,
+                requests.c.custom_id,
+                requests.c.body,
+                requests.c.attempts,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(query)).all()
+        rows.sort(key=lambda r: r.id)
+        return [Claimed(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Store results and bump the batches' live counters in one transaction."""
+        if not outcomes:
+            return
+        params = [
+            {
+                "b_id": o.id,
+                "b_owner": owner,
+                "b_state": RequestState.DONE if o.ok else RequestState.FAILED,
+                "b_status_code": o.status_code,
+                "b_response": o.response,
+                "b_error": o.error,
+                "b_request_id": o.upstream_request_id,
+                "b_attempts": o.attempts,
+                "b_in": o.usage.input_tokens,
+                "b_cached": o.usage.cached_tokens,
+                "b_out": o.usage.output_tokens,
+                "b_reasoning": o.usage.reasoning_tokens,
+            }
+            for o in outcomes
+        ]
+        row_update = (
+            update(requests)
+            .where(
+                requests.c.id == bindparam("b_id"),
+                requests.c.lease_owner == bindparam("b_owner"),
+                requests.c.state == RequestState.LEASED,
+            )
+            .values(
+                state=bindparam("b_state"),
+                status_code=bindparam("b_status_code"),
+                response=bindparam("b_response"),
+                error=bindparam("b_error"),
+                upstream_request_id=bindparam("b_request_id"),
+                attempts=bindparam("b_attempts"),
+                input_tokens=bindparam("b_in"),
+                cached_tokens=bindparam("b_cached"),
+                output_tokens=bindparam("b_out"),
+                reasoning_tokens=bindparam("b_reasoning"),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        per_batch: dict[int, list[int]] = {}
+        for o in outcomes:
+            acc = per_batch.setdefault(o.batch_seq, [0, 0, 0, 0, 0, 0])
+            acc[0 if o.ok else 1] += 1
+            acc[2] += o.usage.input_tokens
+            acc[3] += o.usage.cached_tokens
+            acc[4] += o.usage.output_tokens
+            acc[5] += o.usage.reasoning_tokens
+        async with self.engine.begin() as conn:
+            await conn.execute(row_update, params)
+            for seq, (ok, bad, t_in, t_cached, t_out, t_reason) in per_batch.items():
+                await conn.execute(
+                    update(batches)
+                    .where(batches.c.seq == seq)
+                    .values(
+                        completed=batches.c.completed + ok,
+                        failed=batches.c.failed + bad,
+                        input_tokens=batches.c.input_tokens + t_in,
+                        cached_tokens=batches.c.cached_tokens + t_cached,
+                        output_tokens=batches.c.output_tokens + t_out,
+                        reasoning_tokens=batches.c.reasoning_tokens + t_reason,
+                    )
+                )
+
+    async def release(self, owner: str, ids: Sequence[int]) -> None:
+        """Give leased requests back to the pool (a batch stopped before they were sent)."""
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(requests)
+                .where(
+                    requests.c.id.in_(list(ids)),
+                    requests.c.lease_owner == owner,
+                    requests.c.state == RequestState.LEASED,
+                )
+                .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
+            )
+
+    async def renew(self, owner: str, lease_until: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(requests)
+                .where(requests.c.lease_owner == owner, requests.c.state == RequestState.LEASED)
+                .values(lease_until=lease_until)
+            )
+
+    async def reclaim_expired(self, now: float) -> int:
+        """Leases whose holder stopped renewing them go back to pending."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(requests)
+                .where(requests.c.state == RequestState.LEASED, requests.c.lease_until < now)
+                .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
+    async def release_all(self) -> int:
+        """At start-up of a single-process store: every lease belonged to a dead process."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(requests)
+                .where(requests.c.state == RequestState.LEASED)
+                .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
+    async def close_open(self, batch_seq: int, error_json: str) -> None:
+        """Mark every request that never got an answer as failed with `error_json`."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(requests)
+                .where(
+                    requests.c.batch_seq == batch_seq,
+                    requests.c.state.in_([RequestState.PENDING, RequestState.LEASED]),
+                )
+                .values(
+                    state=RequestState.FAILED, error=error_json, lease_owner=None, lease_until=None
+                )
+            )
+
+    async def counts(self, batch_seq: int) -> tuple[Counts, Usage]:
+        """Exact counts and token sums, recomputed from the rows."""
+        query = (
+            select(
+                requests.c.state,
+                func.count(),
+                func.coalesce(func.sum(requests.c.input_tokens), 0),
+                func.coalesce(func.sum(requests.c.cached_tokens), 0),
+                func.coalesce(func.sum(requests.c.output_tokens), 0),
+                func.coalesce(func.sum(requests.c.reasoning_tokens), 0),
+            )
+            .where(requests.c.batch_seq == batch_seq)
+            .group_by(requests.c.state)
+        )
+        counts, usage = Counts(), Usage()
+        async with self.engine.connect() as conn:
+            for state, n, t_in, t_cached, t_out, t_reason in (await conn.execute(query)).all():
+                counts.total += n
+                if state == RequestState.DONE:
+                    counts.completed += n
+                elif state == RequestState.FAILED:
+                    counts.failed += n
+                else:
+                    counts.open += n
+                    if state == RequestState.LEASED:
+                        counts.leased += n
+                usage.add(Usage(int(t_in), int(t_cached), int(t_out), int(t_reason)))
+        return counts, usage
+
+    async def open_count(self, batch_seq: int) -> tuple[int, int]:
+        """(pending, leased) for one batch, cheaply, for the scheduler's checks."""
+        query = select(
+            func.coalesce(
+                func.sum(case((requests.c.state == RequestState.PENDING, 1), else_=0)), 0
+            ),
+            func.coalesce(func.sum(case((requests.c.state == RequestState.LEASED, 1), else_=0)), 0),
+        ).where(
+            requests.c.batch_seq == batch_seq,
+            requests.c.state.in_([RequestState.PENDING, RequestState.LEASED]),
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return int(row[0]), int(row[1])
+
+    async def results(self, batch_seq: int, page: int = 1000) -> AsyncIterator[Any]:
+        """Every finished row of a batch in file order, a page at a time."""
+        last = 0
+        cols = (
+            requests.c.line,
+            requests.c.custom_id,
+            requests.c.state,
+            requests.c.status_code,
+            requests.c.response,
+            requests.c.error,
+            requests.c.upstream_request_id,
+        )
+        while True:
+            query = (
+                select(*cols)
+                .where(requests.c.batch_seq == batch_seq, requests.c.line > last)
+                .order_by(requests.c.line)
+                .limit(page)
+            )
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            for row in rows:
+                yield row
+            if len(rows) < page:
+                return
+            last = rows[-1].line
+
+    async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]:
+        query = (
+            select(
+                requests.c.line,
+                requests.c.custom_id,
+                requests.c.status_code,
+                requests.c.response,
+                requests.c.error,
+            )
+            .where(requests.c.batch_seq == batch_seq, requests.c.state == RequestState.FAILED)
+            .order_by(requests.c.line)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]

@@ -1,0 +1,105 @@
+"""The tables: files, batches and the request ledger (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+files = Table(
+    "files",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("project", String(128), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),
+    Column("status", String(16), nullable=False),
+    Column("status_details", Text),
+    Column("blob_key", String(256), nullable=False),
+    Index("ix_files_project_seq", "project", "seq"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("project", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("endpoint_spelling", String(64)),
+    Column("model", String(256)),
+    Column("input_file_id", String(64), nullable=False),
+    Column("completion_window", String(16), nullable=False),
+    Column("output_file_id", String(64)),
+    Column("error_file_id", String(64)),
+    Column("errors", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("in_progress_at", BigInteger),
+    Column("finalizing_at", BigInteger),
+    Column("completed_at", BigInteger),
+    Column("failed_at", BigInteger),
+    Column("expired_at", BigInteger),
+    Column("cancelling_at", BigInteger),
+    Column("cancelled_at", BigInteger),
+    Column("total", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    Column("metadata", Text),
+    Column("output_expires_after", Text),
+    # Why the batch stops early: "expire" while in_progress; cancel has its own status.
+    Column("stop_reason", String(16)),
+    # A batch-level lease: the process validating or finalizing it, and until when.
+    Column("owner", String(64)),
+    Column("owner_until", Float),
+    Index("ix_batches_status", "status"),
+    Index("ix_batches_project_seq", "project", "seq"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("batch_seq", BigInteger, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("custom_id", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", SmallInteger, nullable=False, default=0),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("status_code", SmallInteger),
+    Column("response", LargeBinary),
+    Column("error", Text),
+    Column("upstream_request_id", String(128)),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Index("ix_requests_batch_state", "batch_seq", "state", "id"),
+    Index("ix_requests_batch_line", "batch_seq", "line"),
+)
