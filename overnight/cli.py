@@ -59,9 +59,9 @@ def _load(**overrides: object) -> Settings:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("overnight").setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def is_loopback(host: str) -> bool:

@@ -74,22 +74,7 @@ async def split_lines(
         yield number + 1, pending
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
-    return True
-
-
-def parse_line(
-    number: int, raw: bytes, endpoint: str, max_depth: int = 64
-) -> Line | BatchError | None:
+def parse_line(number: int, raw: bytes, endpoint: str) -> Line | BatchError | None:
     """One input line to a `Line`, a coded `BatchError`, or None for a blank line."""
     if number == 1 and raw.startswith(BOM):
         raw = raw[len(BOM) :]
@@ -100,17 +85,16 @@ def parse_line(
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = "not valid UTF-8" if "utf-8" in str(exc).lower() else "not valid JSON"
+        text = str(exc).lower()
+        if "depth" in text or "recursion" in text:
+            reason = "nested too deeply (more than 1024 levels)"
+        elif "utf-8" in text or "surrogate" in text:
+            reason = "not valid UTF-8"
+        else:
+            reason = "not valid JSON"
         return BatchError("invalid_json_line", f"Line {number} is {reason}.", None, number)
     if not isinstance(doc, dict):
         return BatchError("invalid_json_line", f"Line {number} is not a JSON object.", None, number)
-    if not _depth_ok(doc, max_depth):
-        return BatchError(
-            "invalid_request",
-            f"Line {number} nests JSON deeper than {max_depth} levels.",
-            "body",
-            number,
-        )
 
     def bad(param: str, message: str, code: str = "invalid_request") -> BatchError:
         return BatchError(code, message, param, number)

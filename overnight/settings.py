@@ -55,7 +55,6 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_line_bytes: int = 8 * 1024 * 1024
-    max_json_depth: int = 64
     max_open_batches: int = 1000
     lease_seconds: float = 60.0
     claim_chunk: int = 256

@@ -129,7 +129,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    items, more = await services(request).store.batches.list(project, limit=limit, after=after)
+    items, more = await services(request).store.batches.page(project, limit=limit, after=after)
     data = [b.to_api() for b in items]
     return {
         "object": "list",

@@ -140,7 +140,7 @@ async def list_files(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     svc = services(request)
-    items, more = await svc.store.files.list(
+    items, more = await svc.store.files.page(
         project, purpose=purpose, limit=limit, order=order, after=after
     )
     data = [f.to_api() for f in items]

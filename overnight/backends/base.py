@@ -31,6 +31,12 @@ class Response:
     body: dict[str, Any]
     request_id: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # `body` as compact one-line JSON, when already at hand
+
+    def compact_body(self) -> bytes:
+        import orjson
+
+        return self.raw if self.raw is not None else orjson.dumps(self.body)
 
 
 class TransientError(Exception):
@@ -66,6 +72,12 @@ class Backend(ABC):
     @abstractmethod
     async def send(self, endpoint: str, body: dict[str, Any]) -> Response:
         """Answer `body` as `endpoint` would; raise `TransientError` to ask for a retry."""
+
+    async def send_raw(self, endpoint: str, body: bytes) -> Response:
+        """Like `send`, with the body as JSON bytes; HTTP backends forward them untouched."""
+        import orjson
+
+        return await self.send(endpoint, orjson.loads(body))
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or load weights before the first request."""

@@ -106,19 +106,25 @@ class OpenAIHTTPBackend(Backend):
         return min(healthy, key=lambda r: (r.outstanding, r.failures))
 
     async def send(self, endpoint: str, body: dict[str, Any]) -> Response:
+        if self.upstream_model:
+            body = {**body, "model": self.upstream_model}
+        return await self._post(endpoint, orjson.dumps(body))
+
+    async def send_raw(self, endpoint: str, body: bytes) -> Response:
+        if self.upstream_model:
+            return await self.send(endpoint, orjson.loads(body))
+        return await self._post(endpoint, body)
+
+    async def _post(self, endpoint: str, data: bytes) -> Response:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        if self.upstream_model:
-            body = {**body, "model": self.upstream_model}
         replica = self._pick()
         path = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
         url = replica.base + path + (f"?{replica.query}" if replica.query else "")
         replica.outstanding += 1
         try:
-            async with self._session.post(
-                url, data=orjson.dumps(body), headers=self._headers
-            ) as resp:
+            async with self._session.post(url, data=data, headers=self._headers) as resp:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
@@ -153,7 +159,9 @@ def _interpret(status: int, raw: bytes, headers: Any) -> Response:
                 "The upstream answered with a body that is not a JSON object.",
                 code="invalid_upstream_response",
             )
-        return Response(status, parsed, request_id, headers)
+        # Pretty-printed answers must be re-encoded to fit on one output line.
+        compact = raw if b"\n" not in raw and b"\r" not in raw else None
+        return Response(status, parsed, request_id, headers, compact)
     if not isinstance(parsed, dict):
         text = raw[:MAX_ERROR_TEXT].decode("utf-8", "replace")
         parsed = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -70,9 +71,8 @@ class Limiter:
         self.ceiling = ceiling
         self.floor = floor
         self.slow_start = True
-        self.in_flight = 0
         self.paused_until = 0.0
-        self._cond = asyncio.Condition()
+        self.on_grow: Callable[[], None] | None = None
         self._last_decrease = 0.0
         self._successes = 0
         self.overloads = 0
@@ -83,34 +83,29 @@ class Limiter:
     def current(self) -> int:
         return max(self.floor, int(self.limit))
 
-    async def acquire(self, tokens: int = 0) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.current)
-            self.in_flight += 1
-        try:
-            while (wait := self.paused_until - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            if self.rpm:
-                await self.rpm.take()
-            if self.tpm and tokens:
-                await self.tpm.take(tokens)
-        except BaseException:
-            await self.release()
-            raise
+    async def gate(self, tokens: int = 0) -> None:
+        """Wait out a pause and the static rate buckets before sending one request."""
+        while (wait := self.paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        if self.rpm:
+            await self.rpm.take()
+        if self.tpm and tokens:
+            await self.tpm.take(tokens)
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
+    def _grow(self) -> None:
+        before = self.current
+        self.limit = min(float(self.ceiling), self.limit + 1)
+        if self.current > before and self.on_grow is not None:
+            self.on_grow()
 
     def on_success(self, headers: Any = None) -> None:
         if self.slow_start:
-            self.limit = min(self.ceiling, self.limit + 1)
+            self._grow()
         else:
             self._successes += 1
             if self._successes >= self.current:
                 self._successes = 0
-                self.limit = min(self.ceiling, self.limit + 1)
+                self._grow()
         if headers is not None:
             self._read_headers(headers)
 
@@ -148,7 +143,6 @@ class Limiter:
     def snapshot(self) -> dict[str, Any]:
         return {
             "limit": self.current,
-            "in_flight": self.in_flight,
             "paused_for": max(0.0, round(self.paused_until - time.monotonic(), 3)),
             "overloads": self.overloads,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from overnight.store.ledger import Ledger, Outcome
 
@@ -29,6 +30,7 @@ class ResultSink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.written = 0
+        self.on_flush: Callable[[], None] | None = None
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -55,6 +57,8 @@ class ResultSink:
             try:
                 await self.ledger.record(self.owner, chunk)
                 self.written += len(chunk)
+                if self.on_flush is not None and not self._buffer:
+                    self.on_flush()
             except Exception:
                 # Keep the results and try again: losing them would resend the requests.
                 log.exception("could not record %d results; retrying", len(chunk))

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from overnight.engine.finalize import finalize_batch
-from overnight.engine.runner import ActiveBatch, Runner
+from overnight.engine.lane import ActiveBatch
+from overnight.engine.runner import Runner
 from overnight.engine.validate import validate_batch
 from overnight.models import BatchStatus, now
 from overnight.services import Services
@@ -43,11 +43,17 @@ class Scheduler:
                 log.info(
                     "resumed: %d requests in flight at the last stop will be sent again", released
                 )
+        self.runner.sink.on_flush = self._after_flush
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _after_flush(self) -> None:
+        # The last results of a batch just landed: finalize now, not at the next poll.
+        if self.runner.idle:
+            self.wake()
 
     async def _loop(self) -> None:
         interval = self.svc.settings.poll_interval
@@ -73,9 +79,9 @@ class Scheduler:
         for row in rows:
             status = row.status
             if status == BatchStatus.VALIDATING:
-                self._start_job(row, "validate", lambda r=row: validate_batch(svc, r))
+                self._start_job(row, "validate")
             elif status == BatchStatus.FINALIZING:
-                self._start_job(row, "finalize", lambda r=row: finalize_batch(svc, r, None))
+                self._start_job(row, "finalize")
             elif status == BatchStatus.CANCELLING:
                 await self._stop_when_quiet(row, "cancel", row.cancelling_at)
             elif status == BatchStatus.IN_PROGRESS:
@@ -91,7 +97,7 @@ class Scheduler:
                 if row.completed + row.failed >= row.total:
                     pending, leased = await svc.store.ledger.open_count(row.seq)
                     if pending == 0 and leased == 0:
-                        self._start_job(row, "finalize", lambda r=row: finalize_batch(svc, r, None))
+                        self._start_job(row, "finalize")
         self.active = len(rows)
         await self.runner.set_active(runnable)
         if not rows:
@@ -104,9 +110,10 @@ class Scheduler:
         _pending, leased = await self.svc.store.ledger.open_count(row.seq)
         grace = self.svc.settings.cancel_grace_seconds
         if leased == 0 or since is None or now() - since >= grace:
-            self._start_job(row, "finalize", lambda: finalize_batch(self.svc, row, reason))
+            self._start_job(row, "finalize", reason)
 
-    def _start_job(self, row: Any, what: str, job: Callable[[], Awaitable[None]]) -> None:
+    def _start_job(self, row: Any, what: str, reason: str | None = None) -> None:
+        """Validate or finalize `row` in the background, once, under the batch's lease."""
         if row.id in self._jobs:
             return
 
@@ -116,7 +123,12 @@ class Scheduler:
             if not await svc.store.batches.take_ownership(row.id, svc.owner, time.time(), until):
                 return
             try:
-                await job()
+                started = time.perf_counter()
+                if what == "validate":
+                    await validate_batch(svc, row)
+                else:
+                    await finalize_batch(svc, row, reason)
+                log.debug("%s %s took %.3f s", what, row.id, time.perf_counter() - started)
             except Exception:
                 log.exception("could not %s batch %s; will try again", what, row.id)
                 await asyncio.sleep(1.0)

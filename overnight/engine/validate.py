@@ -28,7 +28,7 @@ async def _check_lines(
     buffer: list[Line] = []
     try:
         async for number, raw in split_lines(svc.blobs.read(key), s.max_line_bytes):
-            parsed = parse_line(number, raw, row.endpoint, s.max_json_depth)
+            parsed = parse_line(number, raw, row.endpoint)
             if parsed is None:
                 continue
             if isinstance(parsed, BatchError):

@@ -81,7 +81,7 @@ class BatchRepo:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first()
 
-    async def list(
+    async def page(
         self, project: str, *, limit: int, after: str | None
     ) -> tuple[list[Batch], bool]:
         query = select(batches).where(batches.c.project == project)

@@ -44,7 +44,7 @@ class FileRepo:
             row = (await conn.execute(query)).first()
         return _file(row) if row else None
 
-    async def list(
+    async def page(
         self,
         project: str,
         *,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
@@ -52,30 +52,46 @@ class Counts:
     leased: int = 0
 
 
+# The two statements run once per request are sent as plain driver SQL with
+# positional rows: SQLAlchemy's per-row parameter processing cost more than
+# the database work itself (profiled in bench/README.md).
+_INSERT_SQL = (
+    "INSERT INTO requests (batch_seq, line, custom_id, body, state, attempts, input_tokens,"
+    " cached_tokens, output_tokens, reasoning_tokens) VALUES (?, ?, ?, ?, 0, 0, 0, 0, 0, 0)"
+)
+_RECORD_SQL = (
+    "UPDATE requests SET state = ?, status_code = ?, response = ?, error = ?,"
+    " upstream_request_id = ?, attempts = ?, input_tokens = ?, cached_tokens = ?,"
+    " output_tokens = ?, reasoning_tokens = ?, lease_owner = NULL, lease_until = NULL"
+    f" WHERE id = ? AND lease_owner = ? AND state = {int(RequestState.LEASED)}"
+)
+
+
+def _placeholders(sql: str, paramstyle: str) -> str:
+    """Write qmark SQL in the driver's own style ($1, $2... for asyncpg)."""
+    if paramstyle == "qmark":
+        return sql
+    parts = sql.split("?")
+    out = [parts[0]]
+    for i, part in enumerate(parts[1:], start=1):
+        out.append(f"${i}" if paramstyle == "numeric_dollar" else "%s")
+        out.append(part)
+    return "".join(out)
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        style = engine.dialect.paramstyle
+        self._insert_sql = _placeholders(_INSERT_SQL, style)
+        self._record_sql = _placeholders(_RECORD_SQL, style)
 
     async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
         if not lines:
             return
-        rows = [
-            {
-                "batch_seq": batch_seq,
-                "line": ln.number,
-                "custom_id": ln.custom_id,
-                "body": ln.body,
-                "state": RequestState.PENDING,
-                "attempts": 0,
-                "input_tokens": 0,
-                "cached_tokens": 0,
-                "output_tokens": 0,
-                "reasoning_tokens": 0,
-            }
-            for ln in lines
-        ]
+        rows = [(batch_seq, ln.number, ln.custom_id, ln.body) for ln in lines]
         async with self.engine.begin() as conn:
-            await conn.execute(insert(requests), rows)
+            await conn.exec_driver_sql(self._insert_sql, rows)
 
     async def clear(self, batch_seq: int) -> None:
         async with self.engine.begin() as conn:
@@ -106,53 +122,31 @@ class Ledger:
             )
         )
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(query)).all()
-        rows.sort(key=lambda r: r.id)
+            rows = sorted((await conn.execute(query)).all(), key=lambda r: r.id)
         return [Claimed(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
 
     async def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
         """Store results and bump the batches' live counters in one transaction."""
         if not outcomes:
             return
+        done, failed = int(RequestState.DONE), int(RequestState.FAILED)
         params = [
-            {
-                "b_id": o.id,
-                "b_owner": owner,
-                "b_state": RequestState.DONE if o.ok else RequestState.FAILED,
-                "b_status_code": o.status_code,
-                "b_response": o.response,
-                "b_error": o.error,
-                "b_request_id": o.upstream_request_id,
-                "b_attempts": o.attempts,
-                "b_in": o.usage.input_tokens,
-                "b_cached": o.usage.cached_tokens,
-                "b_out": o.usage.output_tokens,
-                "b_reasoning": o.usage.reasoning_tokens,
-            }
+            (
+                done if o.ok else failed,
+                o.status_code,
+                o.response,
+                o.error,
+                o.upstream_request_id,
+                o.attempts,
+                o.usage.input_tokens,
+                o.usage.cached_tokens,
+                o.usage.output_tokens,
+                o.usage.reasoning_tokens,
+                o.id,
+                owner,
+            )
             for o in outcomes
         ]
-        row_update = (
-            update(requests)
-            .where(
-                requests.c.id == bindparam("b_id"),
-                requests.c.lease_owner == bindparam("b_owner"),
-                requests.c.state == RequestState.LEASED,
-            )
-            .values(
-                state=bindparam("b_state"),
-                status_code=bindparam("b_status_code"),
-                response=bindparam("b_response"),
-                error=bindparam("b_error"),
-                upstream_request_id=bindparam("b_request_id"),
-                attempts=bindparam("b_attempts"),
-                input_tokens=bindparam("b_in"),
-                cached_tokens=bindparam("b_cached"),
-                output_tokens=bindparam("b_out"),
-                reasoning_tokens=bindparam("b_reasoning"),
-                lease_owner=None,
-                lease_until=None,
-            )
-        )
         per_batch: dict[int, list[int]] = {}
         for o in outcomes:
             acc = per_batch.setdefault(o.batch_seq, [0, 0, 0, 0, 0, 0])
@@ -162,7 +156,7 @@ class Ledger:
             acc[4] += o.usage.output_tokens
             acc[5] += o.usage.reasoning_tokens
         async with self.engine.begin() as conn:
-            await conn.execute(row_update, params)
+            await conn.exec_driver_sql(self._record_sql, params)
             for seq, (ok, bad, t_in, t_cached, t_out, t_reason) in per_batch.items():
                 await conn.execute(
                     update(batches)

@@ -1,0 +1,75 @@
+"""Dispatch overhead: overnight vs a bare asyncio client, same stub, same concurrency.
+
+    .venv/bin/python bench/bench_dispatch.py [--requests 20000] [--concurrency 64]
+
+Both sides send the same chat requests to the same zero-latency stub upstream
+(a separate process on loopback). overnight's time runs from batch create to
+completed, so it includes validation, ledger writes and finalization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+
+import aiohttp
+import orjson
+from common import chat_lines, machine, run_batch
+from openai import OpenAI
+
+from overnight.testing.server_process import OvernightProcess
+from overnight.testing.upstream_stub import StubConfig, StubProcess
+
+
+async def bare_client(url: str, data: bytes, concurrency: int) -> float:
+    bodies = [orjson.dumps(orjson.loads(line)["body"]) for line in data.splitlines()]
+    sem = asyncio.Semaphore(concurrency)
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(body: bytes) -> None:
+            async with sem, session.post(f"{url}/chat/completions", data=body, headers=headers) as r:
+                orjson.loads(await r.read())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    n, c = args.requests, args.concurrency
+    data = chat_lines(n)
+    print(f"machine: {machine()}")
+    print(f"requests: {n}, concurrency: {c}, rounds: {args.rounds} (alternating, median kept)")
+    bases, tooks = [], []
+    with StubProcess(StubConfig()) as stub, tempfile.TemporaryDirectory() as tmp:
+        config = f'[models.bench-model]\nurl = "{stub.url}"\nmax_concurrency = {c}\n'
+        with open(f"{tmp}/config.toml", "w") as fh:
+            fh.write(config)
+        env = {"OVERNIGHT_CONFIG": f"{tmp}/config.toml", "OVERNIGHT_MAX_REQUESTS_PER_BATCH": str(n)}
+        with OvernightProcess(f"{tmp}/data", env=env) as server:
+            client = OpenAI(base_url=f"{server.url}/v1", api_key="bench")
+            for _ in range(args.rounds):
+                bases.append(asyncio.run(bare_client(stub.url, data, c)))
+                took, batch = run_batch(client, data)
+                assert batch.status == "completed", batch  # type: ignore[attr-defined]
+                counts = batch.request_counts  # type: ignore[attr-defined]
+                assert counts.completed == n, counts
+                tooks.append(took)
+                print(f"  round: bare {bases[-1]:.2f} s, overnight {took:.2f} s")
+    base, took = statistics.median(bases), statistics.median(tooks)
+    print(f"bare asyncio client          : {base:6.2f} s  {n / base:7.0f} req/s")
+    print(f"overnight (create->completed): {took:6.2f} s  {n / took:7.0f} req/s")
+    print(f"ratio overnight / bare: {base / took:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,605 @@
+"""Continuous batching over llama.cpp's batch API, in one thread that owns the context.
+
+Every request becomes one sequence (n of them for `n` choices) bound to one of
+`n_parallel` slots. Each step packs one llama_batch with the next token of
+every generating sequence plus chunks of the prompts being read, runs one
+llama_decode, and samples each sequence with its own sampler chain; sequences
+that finish free their slot and waiting ones are admitted at the next step.
+
+Each slot owns its own KV stream (kv_unified off) and flash attention is off:
+a sequence then gets bit for bit the logits it would get alone, whatever else
+shares the batch and whether or not its prefix came from the cache (with one
+unified cache the order of the attention sums follows the cell layout, and
+llama.cpp's CPU flash attention rounds differently with the ubatch size; both
+made greedy answers drift). Attention also reads only its own cells, which is
+faster on CPU than a unified cache.
+
+Prefix reuse: a free slot keeps the KV of the last sequence it ran. A new
+request goes to the free slot whose cached tokens share the longest prefix with
+its prompt and only the rest is evaluated; when another slot (free or running)
+holds a much longer prefix, its stream is copied over (llama_memory_seq_cp
+across streams copies the whole stream) and trimmed to the shared part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import math
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from overnight.backends.base import TransientError
+from overnight.backends.local_model import LocalModel, LocalModelUnavailable
+
+log = logging.getLogger(__name__)
+
+# A request whose prompt shares this many more tokens with a prompt still being
+# read waits a step and reuses them, rather than reading them again alongside.
+WAIT_FOR_PREFIX_TOKENS = 32
+
+
+class RequestRejected(Exception):
+    """The engine cannot run this request as given (a grammar llama.cpp refuses)."""
+
+
+@dataclass(slots=True)
+class Sampling:
+    max_new: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(slots=True)
+class Choice:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    tokens: int
+
+
+@dataclass(slots=True)
+class Generation:
+    prompt_tokens: int
+    cached_tokens: int
+    choices: list[Choice]
+
+
+@dataclass(eq=False)
+class GenerateJob:
+    prompt: list[int]
+    sampling: Sampling
+    n: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    cancelled: bool = False  # set by the event loop when the caller gives up
+    failed: bool = False
+    cached_tokens: int = 0
+    choices: list[Choice | None] = field(default_factory=list)
+    remaining: int = 0
+
+    def __post_init__(self) -> None:
+        self.choices = [None] * self.n
+        self.remaining = self.n
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    inputs: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    cancelled: bool = False
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0
+    prefix_copies: int = 0
+    generated_tokens: int = 0
+    max_batch_sequences: int = 0
+
+
+class _Sequence:
+    __slots__ = (
+        "decoder",
+        "job",
+        "n_generated",
+        "n_past",
+        "prompt_len",
+        "reused",
+        "sampler",
+        "seq_id",
+        "text",
+        "tokens",
+        "unit",
+    )
+
+    def __init__(self, job: GenerateJob, unit: int, seq_id: int, sampler: Any, n_past: int):
+        self.job = job
+        self.unit = unit  # which of the job's n choices
+        self.seq_id = seq_id
+        self.sampler = sampler
+        self.tokens = list(job.prompt)  # prompt, then every sampled token
+        self.prompt_len = len(job.prompt)
+        self.n_past = n_past  # tokens of `tokens` already in the KV cache
+        self.reused = n_past
+        self.n_generated = 0
+        self.text = ""
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+class _Slot:
+    """One KV stream: the sequence running in it, or the tokens it still holds."""
+
+    __slots__ = ("cached", "last_used", "seq", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.seq: _Sequence | None = None
+        self.cached: list[int] = []  # tokens at positions 0.. of this stream (when free)
+        self.last_used = 0
+
+    def tokens(self) -> tuple[list[int], int]:
+        """The tokens whose KV this stream holds, and how many of them."""
+        if self.seq is None:
+            return self.cached, len(self.cached)
+        return self.seq.tokens, self.seq.n_past
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _resolve(job: GenerateJob | EmbedJob, result: Any = None, error: BaseException | None = None):
+    # A RuntimeError means the caller's loop is closed: nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of a and b, at most `limit` (slices compare in C)."""
+    n = min(len(a), len(b), limit)
+    if n <= 0:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class BatchEngine:
+    """Owns the llama contexts and the one thread that may touch them."""
+
+    def __init__(
+        self,
+        model: LocalModel,
+        *,
+        n_ctx: int,
+        n_parallel: int,
+        n_threads: int,
+        n_batch: int = 512,
+        prefix_cache: bool = True,
+        embed_ctx: int = 2048,
+    ) -> None:
+        self.model = model
+        self.lib = model.lib
+        self.n_ctx = n_ctx  # per sequence: prompt + output
+        self.n_parallel = n_parallel
+        self.n_threads = n_threads
+        self.n_batch = max(n_batch, n_parallel)
+        self.prefix_cache = prefix_cache
+        # Copying a stream moves all n_ctx cells: worth it only for a long prefix.
+        self.copy_min_tokens = max(32, n_ctx // 64)
+        self.embed_ctx_size = min(embed_ctx, n_ctx)
+        self.stats = EngineStats()
+        self._inbox: queue.SimpleQueue[GenerateJob | EmbedJob | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ctx: Any = None
+        self._mem: Any = None
+        self._batch: Any = None
+        self._embed_ctx: Any = None
+        self._embed_batch: Any = None
+        self._pending: deque[tuple[GenerateJob, int]] = deque()
+        self._slots = [_Slot(i) for i in range(n_parallel)]
+        self._clock = 0
+
+    # -- life cycle (called from outside the engine thread) ----------------------
+
+    def start(self) -> None:
+        lib = self.lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.n_ctx * self.n_parallel
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = self.n_parallel
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.kv_unified = False  # one stream per slot: see the module docstring
+        # llama.cpp's CPU flash attention rounds differently with the ubatch size,
+        # so a reused prefix or a busier batch would change greedy answers.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        self._ctx = lib.llama_init_from_model(self.model.model, params)
+        if not self._ctx:
+            raise LocalModelUnavailable(
+                f"llama.cpp could not create a context of {self.n_parallel} x {self.n_ctx} "
+                "tokens; lower n_ctx or n_parallel"
+            )
+        self.n_ctx = min(self.n_ctx, int(lib.llama_n_ctx_seq(self._ctx)))
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._thread = threading.Thread(target=self._run, name="llama.cpp-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: GenerateJob | EmbedJob) -> None:
+        self._inbox.put(job)
+
+    def stop(self) -> None:
+        """End the thread (failing what is left as transient) and free llama memory."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
+        lib = self.lib
+        for batch in (self._batch, self._embed_batch):
+            if batch is not None:
+                lib.llama_batch_free(batch)
+        for ctx in (self._ctx, self._embed_ctx):
+            if ctx:
+                lib.llama_free(ctx)
+        self._batch = self._embed_batch = self._ctx = self._embed_ctx = None
+
+    # -- the engine thread ------------------------------------------------------
+
+    def _running(self) -> list[_Sequence]:
+        return [slot.seq for slot in self._slots if slot.seq is not None]
+
+    def _run(self) -> None:
+        try:
+            while self._receive(block=not self._pending and not self._running()):
+                self._drop_cancelled()
+                self._admit()
+                if self._running():
+                    self._step()
+        except Exception as exc:  # never leave callers waiting on a dead thread
+            log.exception("llama.cpp engine failed")
+            self._abandon(TransientError(f"embedded engine failed: {exc}", code="engine_error"))
+            return
+        self._abandon(TransientError("the embedded engine is shutting down", code="engine_closed"))
+
+    def _receive(self, *, block: bool) -> bool:
+        """Move submitted jobs in; False once stop() asked the thread to end."""
+        while True:
+            try:
+                job = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if job is None:
+                return False
+            if isinstance(job, EmbedJob):
+                self._embed(job)
+            else:
+                self._pending.extend((job, unit) for unit in range(job.n))
+
+    def _abandon(self, error: Exception) -> None:
+        jobs: dict[int, GenerateJob | EmbedJob] = {}
+        for seq in self._running():
+            jobs[id(seq.job)] = seq.job
+            self._vacate(seq, keep=False)
+        for job, _ in self._pending:
+            jobs[id(job)] = job
+        self._pending.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                jobs[id(item)] = item
+        for each in jobs.values():
+            _resolve(each, error=error)
+
+    def _drop_cancelled(self) -> None:
+        for seq in self._running():
+            if seq.job.cancelled or seq.job.failed:
+                self._vacate(seq, keep=True)
+
+    def _vacate(self, seq: _Sequence, *, keep: bool) -> None:
+        """Free a sequence's slot; with `keep`, the slot remembers its KV for reuse."""
+        slot = self._slots[seq.seq_id]
+        slot.seq = None
+        self._clock += 1
+        slot.last_used = self._clock
+        if keep and self.prefix_cache:
+            slot.cached = seq.tokens[: seq.n_past]
+        else:
+            slot.cached = []
+            self.lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        self.lib.llama_sampler_free(seq.sampler)
+
+    # -- admission and prefix reuse ----------------------------------------------
+
+    def _admit(self) -> None:
+        deferred: list[tuple[GenerateJob, int]] = []
+        # Streams copied from or into this round: their copies happen at the next
+        # decode, so they are neither sources nor destinations again until then.
+        busy: set[int] = set()
+        while self._pending:
+            free = [slot for slot in self._slots if slot.seq is None and slot.seq_id not in busy]
+            if not free:
+                break
+            job, unit = self._pending.popleft()
+            if job.cancelled or job.failed:
+                continue
+            placed = self._place(job.prompt, free, busy)
+            if placed is None:
+                deferred.append((job, unit))
+                continue
+            slot, donor, reuse = placed
+            try:
+                sampler = self._make_sampler(job.sampling, unit)
+            except RequestRejected as exc:
+                job.failed = True
+                _resolve(job, error=exc)
+                continue
+            if donor is not None:  # the whole stream is copied, then trimmed
+                self.lib.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, -1, -1)
+                self.stats.prefix_copies += 1
+                busy.add(donor.seq_id)
+            self.lib.llama_memory_seq_rm(self._mem, slot.seq_id, reuse if reuse else -1, -1)
+            self.stats.prompt_tokens_reused += reuse
+            slot.seq = _Sequence(job, unit, slot.seq_id, sampler, reuse)
+            slot.cached = []
+            busy.add(slot.seq_id)
+        self._pending.extendleft(reversed(deferred))
+
+    def _place(
+        self, prompt: list[int], free: list[_Slot], busy: set[int]
+    ) -> tuple[_Slot, _Slot | None, int] | None:
+        """(slot, slot to copy from or None, tokens reused), or None to wait a step."""
+        if not self.prefix_cache:
+            return free[0], None, 0
+        limit = len(prompt) - 1  # the last prompt token is read again for its logits
+        # The free slot that already holds the longest prefix; on a tie, the one
+        # least recently used, so that the caches of the others live longer.
+        slot, own = free[0], -1
+        for candidate in free:
+            n = common_prefix(candidate.cached, prompt, limit)
+            if n > own or (n == own and candidate.last_used < slot.last_used):
+                slot, own = candidate, n
+        donor, donated, coming = None, 0, 0
+        for other in self._slots:
+            if other is slot:
+                continue
+            tokens, held = other.tokens()
+            if other.seq is not None:  # a prompt still being read will hold more soon
+                reading = min(limit, other.seq.prompt_len)
+                coming = max(coming, common_prefix(tokens, prompt, reading))
+            if other.seq_id in busy:
+                continue
+            n = common_prefix(tokens, prompt, min(limit, held))
+            if n > donated:
+                donor, donated = other, n
+        if coming - max(own, donated) >= WAIT_FOR_PREFIX_TOKENS:
+            return None
+        if donated - own >= self.copy_min_tokens:
+            return slot, donor, donated
+        return slot, None, own
+
+    # -- sampling --------------------------------------------------------------
+
+    def _make_sampler(self, sampling: Sampling, unit: int) -> Any:
+        lib = self.lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            lib.llama_sampler_chain_add(
+                chain,
+                lib.llama_sampler_init_penalties(
+                    self.model.n_vocab,
+                    -1,  # the whole output so far
+                    1.0,
+                    sampling.frequency_penalty,
+                    sampling.presence_penalty,
+                ),
+            )
+        if sampling.grammar is not None:
+            grammar = lib.llama_sampler_init_grammar(
+                self.model.vocab, sampling.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                lib.llama_sampler_free(chain)
+                raise RequestRejected("llama.cpp could not parse the grammar for response_format")
+            lib.llama_sampler_chain_add(chain, grammar)
+        if sampling.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        # Temperature first, then nucleus on the scaled distribution (OpenAI's order).
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling.temperature))
+        if sampling.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.seed is None:
+            seed = lib.LLAMA_DEFAULT_SEED  # llama.cpp picks a random one
+        else:
+            seed = (sampling.seed + unit) & 0xFFFFFFFF
+            if seed == lib.LLAMA_DEFAULT_SEED:
+                seed = 0
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- one decode step ----------------------------------------------------------
+
+    def _plan(self) -> list[tuple[_Sequence, int, int, bool]]:
+        """(sequence, first position, token count, wants logits) for this step."""
+        running = self._running()
+        budget = self.n_batch
+        counts: dict[int, int] = {}
+        # Generating sequences first (one token each), then prompt chunks in slot order.
+        for seq in sorted(running, key=lambda s: s.n_past < s.prompt_len):
+            if budget <= 0:
+                break
+            counts[seq.seq_id] = min(len(seq.tokens) - seq.n_past, budget)
+            budget -= counts[seq.seq_id]
+        # llama.cpp puts sequences in one ubatch only in increasing, consecutive
+        # seq id order, so the batch is laid out by slot.
+        return [
+            (
+                seq,
+                seq.n_past,
+                counts[seq.seq_id],
+                seq.n_past + counts[seq.seq_id] == len(seq.tokens),
+            )
+            for seq in running
+            if seq.seq_id in counts
+        ]
+
+    def _fill(self, plan: list[tuple[_Sequence, int, int, bool]]) -> list[int]:
+        batch = self._batch
+        outputs: list[int] = []
+        i = 0
+        for seq, start, count, wants_logits in plan:
+            tokens = seq.tokens
+            sid = seq.seq_id
+            for pos in range(start, start + count):
+                batch.token[i] = tokens[pos]
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = sid
+                batch.logits[i] = 0
+                i += 1
+            if wants_logits:
+                batch.logits[i - 1] = 1
+            outputs.append(i - 1 if wants_logits else -1)
+        batch.n_tokens = i
+        return outputs
+
+    def _step(self) -> None:
+        plan = self._plan()
+        outputs = self._fill(plan)
+        ret = self.lib.llama_decode(self._ctx, self._batch)
+        if ret != 0:
+            self._fail_running(ret)
+            return
+        self.stats.steps += 1
+        self.stats.max_batch_sequences = max(self.stats.max_batch_sequences, len(plan))
+        for (seq, _start, count, _), out in zip(plan, outputs, strict=True):
+            if seq.n_past < seq.prompt_len:
+                self.stats.prompt_tokens_evaluated += min(count, seq.prompt_len - seq.n_past)
+            seq.n_past += count
+            if out >= 0 and self._sample(seq, out):
+                self._vacate(seq, keep=True)
+
+    def _fail_running(self, ret: int) -> None:
+        error = TransientError(f"llama_decode failed with status {ret}", code="engine_error")
+        for seq in self._running():
+            seq.job.failed = True
+            _resolve(seq.job, error=error)
+            self._vacate(seq, keep=False)
+
+    def _sample(self, seq: _Sequence, out: int) -> bool:
+        """Sample the next token of `seq`; True when the sequence is finished."""
+        token = self.lib.llama_sampler_sample(seq.sampler, self._ctx, out)
+        seq.n_generated += 1
+        self.stats.generated_tokens += 1
+        sampling = seq.job.sampling
+        if self.model.is_eog(token):
+            self._finish(seq, seq.text + seq.decoder.decode(b"", final=True), "stop")
+            return True
+        seq.tokens.append(token)
+        before = len(seq.text)
+        seq.text += seq.decoder.decode(self.model.piece(token))
+        if sampling.stop:
+            start = max(0, before - max(len(s) for s in sampling.stop) + 1)
+            hits = [i for i in (seq.text.find(s, start) for s in sampling.stop) if i >= 0]
+            if hits:
+                self._finish(seq, seq.text[: min(hits)], "stop")
+                return True
+        if seq.n_generated >= sampling.max_new or len(seq.tokens) >= self.n_ctx:
+            self._finish(seq, seq.text + seq.decoder.decode(b"", final=True), "length")
+            return True
+        return False
+
+    def _finish(self, seq: _Sequence, text: str, reason: str) -> None:
+        job = seq.job
+        if seq.unit == 0:
+            job.cached_tokens = seq.reused
+        job.choices[seq.unit] = Choice(text, reason, seq.n_generated)
+        job.remaining -= 1
+        if job.remaining == 0 and not job.failed:
+            choices = [c for c in job.choices if c is not None]
+            _resolve(job, Generation(len(job.prompt), job.cached_tokens, choices))
+
+    # -- embeddings -----------------------------------------------------------------
+
+    def _embed(self, job: EmbedJob) -> None:
+        if job.cancelled:
+            return
+        try:
+            if self._embed_ctx is None:
+                self._open_embed_context()
+            # One input per decode: a vector never depends on what else was sent.
+            vectors = [self._embed_one(tokens) for tokens in job.inputs]
+        except (RequestRejected, TransientError) as exc:
+            _resolve(job, error=exc)
+            return
+        _resolve(job, vectors)
+
+    def _open_embed_context(self) -> None:
+        lib = self.lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.embed_ctx_size
+        params.n_batch = self.embed_ctx_size
+        params.n_ubatch = self.embed_ctx_size  # a pooled sequence must fit one ubatch
+        params.n_seq_max = 1
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.embeddings = True
+        params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+        params.no_perf = True
+        self._embed_ctx = lib.llama_init_from_model(self.model.model, params)
+        if not self._embed_ctx:
+            raise RequestRejected("llama.cpp could not create an embedding context")
+        self._embed_batch = lib.llama_batch_init(self.embed_ctx_size, 0, 1)
+
+    def _embed_one(self, tokens: list[int]) -> list[float]:
+        lib = self.lib
+        ctx, batch = self._embed_ctx, self._embed_batch
+        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+        for pos, token in enumerate(tokens):
+            batch.token[pos] = token
+            batch.pos[pos] = pos
+            batch.n_seq_id[pos] = 1
+            batch.seq_id[pos][0] = 0
+            batch.logits[pos] = 1
+        batch.n_tokens = len(tokens)
+        ret = lib.llama_decode(ctx, batch)
+        if ret != 0:
+            raise TransientError(f"llama_decode failed with status {ret}", code="engine_error")
+        ptr = lib.llama_get_embeddings_seq(ctx, 0)
+        if not ptr:
+            raise RequestRejected("this model produced no pooled embedding")
+        vector = ptr[: self.model.n_embd]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        return [x / norm for x in vector]

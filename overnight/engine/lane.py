@@ -1,0 +1,176 @@
+"""One upstream's share of the engine: a short queue of claimed requests and its workers.
+
+The feeder claims small chunks from the lane's batches in turn (round robin,
+so no batch starves behind a big one). Workers take requests from the queue;
+only the first `limiter.current` workers run, so adaptive concurrency is the
+number of awake workers. A request to retry is put back on the queue after
+its backoff instead of holding a worker while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from overnight.backends.base import Backend
+from overnight.engine.limits import Limiter
+from overnight.store.ledger import Claimed, Ledger
+
+log = logging.getLogger("overnight.lane")
+
+
+@dataclass(slots=True)
+class ActiveBatch:
+    seq: int
+    id: str
+    endpoint: str
+    model: str
+
+
+@dataclass(slots=True)
+class Item:
+    batch: ActiveBatch
+    req: Claimed
+
+
+def estimate_tokens(body: bytes) -> int:
+    """A cheap upper-bound guess for tokens-per-minute budgets: ~4 bytes a token + output cap."""
+    return len(body) // 4 + 256
+
+
+@dataclass
+class Lane:
+    key: str
+    backend: Backend
+    limiter: Limiter
+    ledger: Ledger
+    owner: str
+    execute: Callable[[Lane, Item], Awaitable[None]]
+    claim_chunk: int = 256
+    lease_seconds: float = 60.0
+    poll_interval: float = 0.2
+    batches: dict[int, ActiveBatch] = field(default_factory=dict)
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    busy: int = 0
+    retrying: int = 0
+    _rr: int = 0
+    _drained: set[int] = field(default_factory=set)
+    _has_work: asyncio.Event = field(default_factory=asyncio.Event)
+    _grew: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._feed(), name=f"feed:{self.key}"))
+        for index in range(self.limiter.ceiling):
+            self._tasks.append(asyncio.create_task(self._work(index), name=f"work:{self.key}"))
+        self.limiter.on_grow = self._grew.set
+
+    @property
+    def idle(self) -> bool:
+        return self.busy == 0 and self.retrying == 0 and self.queue.empty()
+
+    def _low_water(self) -> int:
+        return max(8, self.limiter.current * 2)
+
+    async def set_batches(self, batches: list[ActiveBatch]) -> None:
+        new = {b.seq: b for b in batches}
+        gone = set(self.batches) - set(new)
+        self._drained &= set(new)
+        self.batches = new
+        self._has_work.set()
+        if gone and not self.queue.empty():
+            # Claimed but never sent: hand the leases back so the batch can close at once.
+            kept: list[Item] = []
+            dropped: list[Item] = []
+            while not self.queue.empty():
+                item = self.queue.get_nowait()
+                (dropped if item.batch.seq in gone else kept).append(item)
+            for item in kept:
+                self.queue.put_nowait(item)
+            await self.ledger.release(self.owner, [i.req.id for i in dropped])
+
+    def poke(self) -> None:
+        """Something may have become claimable (new batch, released leases)."""
+        self._drained.clear()
+        self._has_work.set()
+
+    def retry_later(self, item: Item, delay: float) -> None:
+        self.retrying += 1
+
+        def requeue() -> None:
+            self.retrying -= 1
+            self.queue.put_nowait(item)
+
+        asyncio.get_running_loop().call_later(delay, requeue)
+
+    async def _feed(self) -> None:
+        while True:
+            low_water = self._low_water()
+            candidates = [b for b in self.batches.values() if b.seq not in self._drained]
+            if self.queue.qsize() >= low_water or not candidates:
+                self._has_work.clear()
+                try:
+                    await asyncio.wait_for(self._has_work.wait(), self.poll_interval * 5)
+                except TimeoutError:
+                    self._drained.clear()
+                continue
+            self._rr = (self._rr + 1) % len(candidates)
+            batch = candidates[self._rr]
+            want = min(self.claim_chunk, max(8, low_water * 2 - self.queue.qsize()))
+            try:
+                claimed = await self.ledger.claim(
+                    batch.seq, self.owner, want, time.time() + self.lease_seconds
+                )
+            except Exception:
+                log.exception("claim failed for batch %s", batch.id)
+                await asyncio.sleep(1.0)
+                continue
+            if len(claimed) < want:
+                self._drained.add(batch.seq)
+            for req in claimed:
+                self.queue.put_nowait(Item(batch, req))
+
+    async def _work(self, index: int) -> None:
+        limiter = self.limiter
+        while True:
+            if index >= limiter.current:
+                self._grew.clear()
+                await self._grew.wait()
+                continue
+            item = await self.queue.get()
+            if self.queue.qsize() < self._low_water():
+                self._has_work.set()  # refill before the queue runs dry
+            self.busy += 1
+            try:
+                await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
+                if item.batch.seq not in self.batches:
+                    # Stopped (cancel, expiry) while waiting: never sent.
+                    await self.ledger.release(self.owner, [item.req.id])
+                    continue
+                await self.execute(self, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker error on %s", self.key)
+            finally:
+                self.busy -= 1
+
+    async def stop(self) -> None:
+        feeder, workers = self._tasks[:1], self._tasks[1:]
+        for t in feeder:
+            t.cancel()
+        # Let requests in flight finish (their results are recorded), then stop.
+        deadline = time.monotonic() + 10.0
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for t in workers:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        queued = []
+        while not self.queue.empty():
+            queued.append(self.queue.get_nowait().req.id)
+        await self.ledger.release(self.owner, queued)
