@@ -31,7 +31,10 @@ async def bare_client(url: str, data: bytes, concurrency: int) -> float:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(body: bytes) -> None:
-            async with sem, session.post(f"{url}/chat/completions", data=body, headers=headers) as r:
+            async with (
+                sem,
+                session.post(f"{url}/chat/completions", data=body, headers=headers) as r,
+            ):
                 orjson.loads(await r.read())
 
         t0 = time.perf_counter()

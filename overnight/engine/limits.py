@@ -73,7 +73,7 @@ class Limiter:
         self.slow_start = True
         self.paused_until = 0.0
         self.on_grow: Callable[[], None] | None = None
-        self._last_decrease = 0.0
+        self.epoch = 0  # bumped at each decrease; requests remember the epoch they left in
         self._successes = 0
         self.overloads = 0
         self.rpm = TokenBucket(rpm, burst=max(1.0, rpm / 60.0)) if rpm else None
@@ -109,14 +109,16 @@ class Limiter:
         if headers is not None:
             self._read_headers(headers)
 
-    def on_overload(self, retry_after: float | None = None, headers: Any = None) -> None:
+    def on_overload(
+        self, retry_after: float | None = None, headers: Any = None, sent_epoch: int | None = None
+    ) -> None:
         """A 429, 503 or timeout: shrink once per window, and pause if told to."""
         self.overloads += 1
         self.slow_start = False
-        now = time.monotonic()
-        # Many requests in flight see the same overload; count it once per window.
-        if now - self._last_decrease > 1.0:
-            self._last_decrease = now
+        # Every request in flight sees the same overload; only those sent after the
+        # last decrease may shrink the window again (TCP's once-per-window rule).
+        if sent_epoch is None or sent_epoch == self.epoch:
+            self.epoch += 1
             self.limit = max(float(self.floor), self.limit * 0.7)
         if retry_after is not None:
             self.pause(retry_after)

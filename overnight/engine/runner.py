@@ -100,11 +100,13 @@ class Runner:
         req = item.req
         req.attempts += 1
         self.sent += 1
+        epoch = lane.limiter.epoch
         try:
             response = await lane.backend.send_raw(item.batch.endpoint, req.body)
         except TransientError as exc:
             if exc.overloaded:
-                lane.limiter.on_overload(exc.retry_after, exc.response and exc.response.headers)
+                headers = exc.response.headers if exc.response else None
+                lane.limiter.on_overload(exc.retry_after, headers, epoch)
             elif exc.retry_after is not None:
                 lane.limiter.pause(exc.retry_after)
             stopped = item.batch.seq not in lane.batches

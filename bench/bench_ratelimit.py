@@ -1,0 +1,50 @@
+"""Rate limits: a stub that allows 600 requests/minute; overnight is not told the limit.
+
+    .venv/bin/python bench/bench_ratelimit.py [--requests 1000] [--rpm 600]
+
+Reports the time from batch create to completed against the ideal N / limit, and
+how many requests the upstream refused with 429 on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import urllib.request
+
+from common import chat_lines, machine, run_batch
+from openai import OpenAI
+
+from overnight.testing.server_process import OvernightProcess
+from overnight.testing.upstream_stub import StubConfig, StubProcess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+    n = args.requests
+    print(f"machine: {machine()}")
+    with StubProcess(StubConfig(rpm=args.rpm, latency=args.latency)) as stub:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"OVERNIGHT_UPSTREAM_URL": stub.url}
+            with OvernightProcess(f"{tmp}/data", env=env) as server:
+                client = OpenAI(base_url=f"{server.url}/v1", api_key="bench")
+                took, batch = run_batch(client, chat_lines(n), poll=0.5)
+        with urllib.request.urlopen(f"{stub.base_url}/_stats") as resp:
+            stats = json.load(resp)
+    assert batch.status == "completed" and batch.request_counts.completed == n, batch  # type: ignore[attr-defined]
+    ideal = n / args.rpm * 60
+    refused = stats["by_status"].get("429", 0)
+    print(
+        f"requests: {n}, upstream limit: {args.rpm}/min (sliding 60 s window), latency {args.latency}s"
+    )
+    print(f"ideal N/limit: {ideal:.1f} s; overnight: {took:.1f} s; ratio {took / ideal:.2f}")
+    print(f"429s received: {refused} ({refused / n:.1%} of requests)")
+
+
+if __name__ == "__main__":
+    main()

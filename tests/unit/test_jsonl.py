@@ -1,0 +1,111 @@
+import orjson
+import pytest
+
+from overnight.jsonl import (
+    Line,
+    normalize_endpoint,
+    parse_line,
+    request_id,
+    result_line,
+    split_lines,
+)
+from overnight.models import BatchError
+
+CHAT = "/v1/chat/completions"
+
+
+def line(**over: object) -> bytes:
+    doc: dict[str, object] = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "m", "messages": []},
+    }
+    doc.update(over)
+    return orjson.dumps({k: v for k, v in doc.items() if v is not ...})
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/chat/completions", CHAT),
+        ("chat/completions", CHAT),
+        ("/v1/embeddings", "/v1/embeddings"),
+        ("/responses", "/v1/responses"),
+        ("/v1/images/generations", None),
+        ("", None),
+    ],
+)
+def test_normalize_endpoint(spelling: str, canonical: str | None) -> None:
+    assert normalize_endpoint(spelling) == canonical
+
+
+def test_valid_line_keeps_the_body_compact() -> None:
+    parsed = parse_line(3, line(), CHAT)
+    assert isinstance(parsed, Line)
+    assert (parsed.number, parsed.custom_id, parsed.model) == (3, "a", "m")
+    assert orjson.loads(parsed.body) == {"model": "m", "messages": []}
+
+
+def test_bom_and_crlf_are_accepted() -> None:
+    assert isinstance(parse_line(1, b"\xef\xbb\xbf" + line() + b"\r", CHAT), Line)
+
+
+def test_blank_lines_are_skipped() -> None:
+    assert parse_line(2, b"   \r", CHAT) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "param"),
+    [
+        (b"{not json", "invalid_json_line", None),
+        (b"[1, 2]", "invalid_json_line", None),
+        (b'{"a": NaN}', "invalid_json_line", None),
+        (b"\xff\xfe", "invalid_json_line", None),
+        (b"[" * 5000 + b"]" * 5000, "invalid_json_line", None),
+        (line(custom_id=...), "invalid_request", "custom_id"),
+        (line(custom_id=""), "invalid_request", "custom_id"),
+        (line(custom_id=7), "invalid_request", "custom_id"),
+        (line(custom_id="x" * 513), "invalid_request", "custom_id"),
+        (line(method="GET"), "invalid_request", "method"),
+        (line(url=None), "invalid_request", "url"),
+        (line(url="/v1/embeddings"), "url_mismatch", "url"),
+        (line(body="text"), "invalid_request", "body"),
+        (line(body={"messages": []}), "invalid_request", "body.model"),
+    ],
+)
+def test_invalid_lines_get_codes(raw: bytes, code: str, param: str | None) -> None:
+    err = parse_line(5, raw, CHAT)
+    assert isinstance(err, BatchError)
+    assert (err.code, err.param, err.line) == (code, param, 5)
+
+
+async def test_split_lines_across_chunks() -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for c in (b"ab", b"c\nde", b"f\n\ng", b"h"):
+            yield c
+
+    got = [x async for x in split_lines(chunks(), 100)]
+    assert got == [(1, b"abc"), (2, b"def"), (3, b""), (4, b"gh")]
+
+
+def test_result_lines_are_single_line_json() -> None:
+    ok = result_line("batch_req_1", "a", 200, "req_9", b'{"x":1}', None)
+    assert orjson.loads(ok) == {
+        "id": "batch_req_1",
+        "custom_id": "a",
+        "response": {"status_code": 200, "request_id": "req_9", "body": {"x": 1}},
+        "error": None,
+    }
+    failed = result_line(
+        "batch_req_2", "b", None, None, None, {"code": "batch_expired", "message": "m"}
+    )
+    assert orjson.loads(failed)["response"] is None
+    assert ok.endswith(b"\n") and ok.count(b"\n") == 1
+
+
+def test_request_ids_are_stable_and_distinct() -> None:
+    assert request_id("batch_x", 1) == request_id("batch_x", 1)
+    assert request_id("batch_x", 1) != request_id("batch_x", 2)
+    assert request_id("batch_x", 1).startswith("batch_req_")
