@@ -161,5 +161,13 @@ def worker(
     asyncio.run(run())
 
 
+@app.command()
+def demo() -> None:
+    """Run a small batch on the embedded model, start to finish, and show the answers."""
+    from overnight.demo import run_demo
+
+    raise typer.Exit(run_demo())
+
+
 def main() -> None:
     app()
