@@ -58,7 +58,9 @@ def run_demo(console: Console | None = None) -> int:
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="overnight-demo-") as tmp:
-        console.print(f"[bold]overnight demo[/]: starting a server on {tmp} (SQLite, local files, embedded model)")
+        console.print(
+            f"[bold]overnight demo[/]: a server on {tmp} (SQLite, local files, embedded model)"
+        )
         with OvernightProcess(f"{tmp}/data", log_path=f"{tmp}/server.log") as server:
             client = OpenAI(base_url=f"{server.url}/v1", api_key="demo")
             started = time.perf_counter()
@@ -96,6 +98,6 @@ def run_demo(console: Console | None = None) -> int:
             table.add_row(q, answers.get(f"question-{i + 1}", "[red]missing[/]").strip())
         console.print(table)
         usage = batch.usage
-        tokens = f"{usage.input_tokens} input + {usage.output_tokens} output tokens" if usage else ""
+        tokens = f"{usage.input_tokens} in + {usage.output_tokens} out tokens" if usage else ""
         console.print(f"done in {took:.1f} s: {tokens}")
     return 0

@@ -154,7 +154,7 @@ class _Slot:
         """The tokens whose KV this stream holds, and how many of them."""
         if self.seq is None:
             return self.cached, len(self.cached)
-        return self.seq.tokens, self.seq.n_past
+        return self.seq.tokens, min(self.seq.n_past, self.seq.prompt_len)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -334,7 +334,9 @@ class BatchEngine:
         self._clock += 1
         slot.last_used = self._clock
         if keep and self.prefix_cache:
-            slot.cached = seq.tokens[: seq.n_past]
+            # Only prompt tokens: generated ones were read one per ubatch, which
+            # does not round like reading them as part of a later prompt.
+            slot.cached = seq.tokens[: min(seq.n_past, seq.prompt_len)]
         else:
             slot.cached = []
             self.lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
@@ -382,7 +384,9 @@ class BatchEngine:
         """(slot, slot to copy from or None, tokens reused), or None to wait a step."""
         if not self.prefix_cache:
             return free[0], None, 0
-        limit = len(prompt) - 1  # the last prompt token is read again for its logits
+        # At least the last two prompt tokens are read again: the last for its
+        # logits, and a chunk of one token would round differently (see _step).
+        limit = len(prompt) - 2
         # The free slot that already holds the longest prefix; on a tie, the one
         # least recently used, so that the caches of the others live longer.
         slot, own = free[0], -1
@@ -451,30 +455,6 @@ class BatchEngine:
 
     # -- one decode step ----------------------------------------------------------
 
-    def _plan(self) -> list[tuple[_Sequence, int, int, bool]]:
-        """(sequence, first position, token count, wants logits) for this step."""
-        running = self._running()
-        budget = self.n_batch
-        counts: dict[int, int] = {}
-        # Generating sequences first (one token each), then prompt chunks in slot order.
-        for seq in sorted(running, key=lambda s: s.n_past < s.prompt_len):
-            if budget <= 0:
-                break
-            counts[seq.seq_id] = min(len(seq.tokens) - seq.n_past, budget)
-            budget -= counts[seq.seq_id]
-        # llama.cpp puts sequences in one ubatch only in increasing, consecutive
-        # seq id order, so the batch is laid out by slot.
-        return [
-            (
-                seq,
-                seq.n_past,
-                counts[seq.seq_id],
-                seq.n_past + counts[seq.seq_id] == len(seq.tokens),
-            )
-            for seq in running
-            if seq.seq_id in counts
-        ]
-
     def _fill(self, plan: list[tuple[_Sequence, int, int, bool]]) -> list[int]:
         batch = self._batch
         outputs: list[int] = []
@@ -496,20 +476,47 @@ class BatchEngine:
         return outputs
 
     def _step(self) -> None:
-        plan = self._plan()
+        """One decode of every generating sequence, then prompt chunks, each on its own.
+
+        Prompts are never read in the same llama_decode as generated tokens, nor
+        in pieces of one token: llama.cpp would split them into ubatches whose
+        rounding differs from reading the prompt alone, and answers would then
+        depend on the traffic.
+        """
+        running = self._running()  # in slot order: llama.cpp batches only
+        # consecutive, increasing seq ids in one ubatch
+        generating = [(s, s.n_past, 1, True) for s in running if s.n_past >= s.prompt_len]
+        if generating and not self._decode(generating):
+            return
+        budget = self.n_batch
+        for seq in running:
+            todo = seq.prompt_len - seq.n_past
+            if todo <= 0 or seq.job.cancelled:
+                continue
+            if budget < min(todo, 2):
+                break
+            count = min(todo, budget)
+            if todo - count == 1:
+                count -= 1  # leave two tokens, never one, for the next chunk
+            budget -= count
+            if not self._decode([(seq, seq.n_past, count, count == todo)]):
+                return
+
+    def _decode(self, plan: list[tuple[_Sequence, int, int, bool]]) -> bool:
         outputs = self._fill(plan)
         ret = self.lib.llama_decode(self._ctx, self._batch)
         if ret != 0:
             self._fail_running(ret)
-            return
+            return False
         self.stats.steps += 1
         self.stats.max_batch_sequences = max(self.stats.max_batch_sequences, len(plan))
         for (seq, _start, count, _), out in zip(plan, outputs, strict=True):
             if seq.n_past < seq.prompt_len:
-                self.stats.prompt_tokens_evaluated += min(count, seq.prompt_len - seq.n_past)
+                self.stats.prompt_tokens_evaluated += count
             seq.n_past += count
             if out >= 0 and self._sample(seq, out):
                 self._vacate(seq, keep=True)
+        return True
 
     def _fail_running(self, ret: int) -> None:
         error = TransientError(f"llama_decode failed with status {ret}", code="engine_error")

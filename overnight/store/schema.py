@@ -103,3 +103,15 @@ requests = Table(
     Index("ix_requests_batch_state", "batch_seq", "state", "id"),
     Index("ix_requests_batch_line", "batch_seq", "line"),
 )
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),  # "key_<hex>", shown in `overnight keys list`
+    Column("project", String(128), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # sha256 hex; keys are never kept
+    Column("prefix", String(16), nullable=False),  # the first characters, to recognise a key
+    Column("name", String(128)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)

@@ -1,4 +1,4 @@
-"""The `overnight` command: serve, worker, and the client commands."""
+"""Server-side commands: serve, worker, demo."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from typing import Annotated
 import typer
 
 from overnight import settings as settings_mod
+from overnight.cli.app import app
 from overnight.errors import ConfigError
 from overnight.settings import Settings
-
-app = typer.Typer(
-    help="overnight: a self-hosted Batch API for LLM workloads (OpenAI and Azure compatible).",
-    no_args_is_help=True,
-    add_completion=False,
-)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
 DataDirOpt = Annotated[
@@ -167,7 +162,3 @@ def demo() -> None:
     from overnight.demo import run_demo
 
     raise typer.Exit(run_demo())
-
-
-def main() -> None:
-    app()
