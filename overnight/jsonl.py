@@ -39,6 +39,7 @@ class Line:
     custom_id: str
     model: str
     body: bytes  # compact JSON of the request body
+    prefix: bytes = b""  # what this prompt shares with others: the cache-friendly sort key
 
 
 class LineTooLong(Exception):
@@ -122,7 +123,32 @@ def parse_line(number: int, raw: bytes, endpoint: str) -> Line | BatchError | No
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return bad("body.model", "body.model is required and must be a non-empty string.")
-    return Line(number, custom_id, model, orjson.dumps(body))
+    return Line(number, custom_id, model, orjson.dumps(body), prefix_key(body))
+
+
+def prefix_key(body: dict[str, Any]) -> bytes:
+    """The leading part of the prompt that model servers can cache (vLLM, SGLang, llama.cpp).
+
+    Chat: every message but the last; responses: instructions and all but the last
+    input item; completions: the start of the prompt. Sorting by it sends requests
+    that share a prefix one after another.
+    """
+    lead: Any = None
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        lead = messages[:-1]
+    elif ("input" in body and "instructions" in body) or isinstance(body.get("input"), list):
+        items = body.get("input")
+        lead = [body.get("instructions"), items[:-1] if isinstance(items, list) else None]
+    elif isinstance(body.get("prompt"), str):
+        lead = body["prompt"][:256]
+    if not lead:
+        return b""
+    try:
+        encoded = orjson.dumps(lead)
+    except TypeError:
+        return b""
+    return hashlib.blake2b(encoded, digest_size=8).digest()
 
 
 def custom_id_digest(custom_id: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -152,3 +153,27 @@ async def test_expiry_while_requests_are_in_flight(tmp_path: Path) -> None:
         ids = [x["custom_id"] for x in out + err]
         assert sorted(ids) == sorted({f"q{i}" for i in range(60)})
         assert len(out) == up.stats()["received"] or len(out) <= up.stats()["received"]
+
+
+async def test_requests_sharing_a_prefix_are_sent_together(tmp_path: Path) -> None:
+    import orjson
+
+    systems = [f"You are assistant {k}. " + "Context. " * 50 for k in range(3)]
+    data = b"".join(
+        orjson.dumps({
+            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [
+                {"role": "system", "content": systems[i % 3]},
+                {"role": "user", "content": f"question {i}"},
+            ]},
+        }) + b"\n"
+        for i in range(300)
+    )
+    async with StubServer(StubConfig()) as up, running_engine(
+        tmp_path, route(up.url, max_concurrency=1)
+    ) as (svc, _):
+        b = await wait_for(svc, await submit(svc, data), terminal)
+        assert b.completed == 300
+        order = [r["body"]["messages"][0]["content"] for r in up.received(300)]
+    switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
+    assert switches == 2  # interleaved in the file, three runs on the wire

@@ -109,3 +109,17 @@ def test_request_ids_are_stable_and_distinct() -> None:
     assert request_id("batch_x", 1) == request_id("batch_x", 1)
     assert request_id("batch_x", 1) != request_id("batch_x", 2)
     assert request_id("batch_x", 1).startswith("batch_req_")
+
+
+def test_prefix_key_groups_shared_leading_messages() -> None:
+    from overnight.jsonl import prefix_key
+
+    sys_a = {"role": "system", "content": "You are A."}
+    sys_b = {"role": "system", "content": "You are B."}
+    a1 = prefix_key({"messages": [sys_a, {"role": "user", "content": "1"}]})
+    a2 = prefix_key({"messages": [sys_a, {"role": "user", "content": "2"}]})
+    b1 = prefix_key({"messages": [sys_b, {"role": "user", "content": "1"}]})
+    assert a1 == a2 != b1
+    assert prefix_key({"input": [1, 2]}) == prefix_key({"input": [1, 3]})
+    assert prefix_key({"prompt": "p" * 300 + "x"}) == prefix_key({"prompt": "p" * 300 + "y"})
+    assert prefix_key({"input": "embed me"}) == b""
