@@ -24,6 +24,9 @@ _COLUMNS = (
 )
 
 
+DELETED = "deleted"  # Azure's own file status for a deleted file; never listed or served
+
+
 def _file(row: Any) -> File:
     return File(**{c: getattr(row, c) for c in _COLUMNS})
 
@@ -37,7 +40,7 @@ class FileRepo:
             await conn.execute(insert(files).values({c: getattr(f, c) for c in _COLUMNS}))
 
     async def get(self, file_id: str, project: str | None = None) -> File | None:
-        query = select(files).where(files.c.id == file_id)
+        query = select(files).where(files.c.id == file_id, files.c.status != DELETED)
         if project is not None:
             query = query.where(files.c.project == project)
         async with self.engine.connect() as conn:
@@ -53,7 +56,7 @@ class FileRepo:
         order: str,
         after: str | None,
     ) -> tuple[list[File], bool]:
-        query = select(files).where(files.c.project == project)
+        query = select(files).where(files.c.project == project, files.c.status != DELETED)
         if purpose:
             query = query.where(files.c.purpose == purpose)
         desc = order == "desc"
@@ -80,13 +83,28 @@ class FileRepo:
             )
 
     async def delete(self, file_id: str) -> None:
+        """Keep a tombstone row: a client deleting while it pages may pass this id as `after`."""
         async with self.engine.begin() as conn:
-            await conn.execute(delete(files).where(files.c.id == file_id))
+            await conn.execute(
+                update(files)
+                .where(files.c.id == file_id)
+                .values(status=DELETED, status_details=None, bytes=0)
+            )
+
+    async def purge_tombstones(self, before: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(files).where(files.c.status == DELETED, files.c.created_at < before)
+            )
 
     async def expired(self, now: int, limit: int = 100) -> list[File]:
         query = (
             select(files)
-            .where(files.c.expires_at.is_not(None), files.c.expires_at <= now)
+            .where(
+                files.c.expires_at.is_not(None),
+                files.c.expires_at <= now,
+                files.c.status != DELETED,
+            )
             .limit(limit)
         )
         async with self.engine.connect() as conn:
