@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import pytest
-
 from .helpers import Server, chat_line, jsonl, upload, wait_batch
 
 
