@@ -7,6 +7,7 @@ crash loses at most the requests that were in flight.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from overnight.jsonl import Line
 from overnight.models import RequestState, Usage
 from overnight.store.schema import batches, requests
+
+log = logging.getLogger("overnight.ledger")
+
+_LIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
 
 @dataclass(slots=True)
@@ -156,11 +161,22 @@ class Ledger:
             acc[4] += o.usage.output_tokens
             acc[5] += o.usage.reasoning_tokens
         async with self.engine.begin() as conn:
-            await conn.exec_driver_sql(self._record_sql, params)
+            result = await conn.exec_driver_sql(self._record_sql, params)
+            matched = result.rowcount
+            if matched is not None and 0 <= matched < len(params):
+                # Lease lost (taken over after expiry, or the batch was stopped): those
+                # results are not the ledger's; the finalizer's recount keeps totals exact.
+                log.warning(
+                    "%d of %d results arrived after their lease was lost",
+                    len(params) - matched,
+                    len(params),
+                )
             for seq, (ok, bad, t_in, t_cached, t_out, t_reason) in per_batch.items():
                 await conn.execute(
                     update(batches)
-                    .where(batches.c.seq == seq)
+                    # A closed batch's counts were recomputed from the rows; late
+                    # results (lease lost, batch stopped) must not move them.
+                    .where(batches.c.seq == seq, batches.c.status.in_(_LIVE))
                     .values(
                         completed=batches.c.completed + ok,
                         failed=batches.c.failed + bad,
