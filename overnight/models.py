@@ -177,6 +177,7 @@ class Batch:
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
     endpoint_spelling: str | None = None  # what the client sent, echoed back
+    estimated_cost: dict[str, Any] | None = None  # overnight's extra field: cost.annotate()
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -211,4 +212,5 @@ class Batch:
             "usage": self.usage.to_api(),
             "metadata": self.metadata,
             "output_expires_after": self.output_expires_after,
+            "estimated_cost": self.estimated_cost,  # {"currency", "amount"} or null
         }

@@ -10,6 +10,7 @@ from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore, open_blobs
 from overnight.settings import Settings
 from overnight.store import Store, open_store
+from overnight.webhooks import Webhooks, open_webhooks
 
 
 def process_name() -> str:
@@ -24,15 +25,20 @@ class Services:
     blobs: BlobStore
     router: Router
     owner: str = field(default_factory=process_name)
+    webhooks: Webhooks | None = None  # the outbox sender, when a project has a webhook
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(settings.resolved_database_url)
         blobs = open_blobs(settings.resolved_storage_url)
-        return cls(settings, store, blobs, Router(settings))
+        svc = cls(settings, store, blobs, Router(settings))
+        svc.webhooks = open_webhooks(settings.webhooks, settings.data_dir)
+        return svc
 
     async def close(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.close()
         await self.router.close()
         await self.blobs.close()
         await self.store.close()

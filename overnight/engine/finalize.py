@@ -12,6 +12,7 @@ from overnight.jsonl import request_id, result_line
 from overnight.models import BatchStatus, File, RequestState, new_file_id, now
 from overnight.services import Services
 from overnight.store.schema import files as files_table
+from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.finalize")
 
@@ -172,6 +173,7 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
             await svc.blobs.delete(f.blob_key)
         log.info("batch %s was finalized elsewhere", row.id)
         return
+    await batch_ended(svc, row.project, row.id, final[0])
     log.info(
         "batch %s %s: %d completed, %d failed of %d",
         row.id,

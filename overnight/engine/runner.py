@@ -16,6 +16,7 @@ from overnight.backends.base import Response, TransientError
 from overnight.engine.lane import ActiveBatch, Item, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.results import ResultSink
+from overnight.metrics import ERROR_RESPONSE, GAVE_UP, INTERNAL_ERROR, OK, RETRIED, route_stats
 from overnight.models import Usage
 from overnight.services import Services
 from overnight.store.ledger import Outcome
@@ -101,6 +102,8 @@ class Runner:
         req.attempts += 1
         self.sent += 1
         epoch = lane.limiter.epoch
+        stats = route_stats(lane.key)
+        started = stats.sent()
         try:
             response = await lane.backend.send_raw(item.batch.endpoint, req.body)
         except TransientError as exc:
@@ -111,17 +114,22 @@ class Runner:
                 lane.limiter.pause(exc.retry_after)
             stopped = item.batch.seq not in lane.batches
             if req.attempts >= self.svc.settings.max_attempts or stopped:
+                stats.done(started, GAVE_UP)
                 self.sink.add(self._given_up(item, exc))
             else:
+                stats.done(started, RETRIED)
                 lane.retry_later(item, self._backoff(req.attempts, exc.retry_after))
             return
         except Exception as exc:  # a bug in a backend must not take the engine down
+            stats.done(started, INTERNAL_ERROR)
             log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
             message = f"overnight failed to run this request: {type(exc).__name__}"
             self.sink.add(self._no_answer(item, "internal_error", message))
             return
         lane.limiter.on_success(response.headers)
-        self.sink.add(self._answered(item, response))
+        outcome = self._answered(item, response)
+        stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
+        self.sink.add(outcome)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self.svc.settings

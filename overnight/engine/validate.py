@@ -9,6 +9,7 @@ from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, spl
 from overnight.models import BatchError, BatchStatus, now
 from overnight.services import Services
 from overnight.store.batches import errors_json
+from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.validate")
 
@@ -131,14 +132,15 @@ async def validate_batch(svc: Services, row: Any) -> None:
     t = now()
     if errors:
         await ledger.clear(row.seq)
-        await svc.store.batches.transition(
+        if await svc.store.batches.transition(
             row.id,
             [BatchStatus.VALIDATING, BatchStatus.CANCELLING],
             status=BatchStatus.FAILED,
             errors=errors_json(errors),
             failed_at=t,
             model=model,
-        )
+        ):
+            await batch_ended(svc, row.project, row.id, BatchStatus.FAILED)
         log.info("batch %s failed validation: %s", row.id, errors[0].code)
         return
     await svc.store.batches.set_values(row.id, total=count, model=model)

@@ -1,0 +1,232 @@
+"""What the dashboard shows about a batch: progress, throughput, ETA, cost, timeline.
+
+The same plain dicts feed the HTML templates and the dashboard's JSON endpoints.
+Progress over time is sampled in memory whenever a page or the JSON is read
+(the ledger keeps no per-request timestamps); between samples, and before the
+first one, the chart draws a straight line from the batch's own timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from overnight.cost import Price, estimate
+from overnight.models import Batch, BatchStatus
+
+SAMPLE_EVERY = 1.0  # seconds between kept samples of one batch
+MAX_SAMPLES = 720
+RATE_WINDOW = 60.0  # recent throughput is measured over this many seconds
+MIN_CHART_SPAN = 2.0  # a batch done faster than this has nothing to chart
+
+TIMELINE = (
+    ("created_at", "created"),
+    ("in_progress_at", "in progress"),
+    ("cancelling_at", "cancelling"),
+    ("finalizing_at", "finalizing"),
+    ("completed_at", "completed"),
+    ("failed_at", "failed"),
+    ("expired_at", "expired"),
+    ("cancelled_at", "cancelled"),
+)
+
+
+class ProgressHistory:
+    """(time, finished requests) samples per batch, in this process's memory."""
+
+    def __init__(self, max_batches: int = 500) -> None:
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self.max_batches = max_batches
+
+    def record(self, batch: Batch, t: float | None = None) -> None:
+        if batch.status != BatchStatus.IN_PROGRESS:
+            return
+        t = time.time() if t is None else t
+        done = batch.completed + batch.failed
+        samples = self._samples.get(batch.id)
+        if samples is None:
+            if len(self._samples) >= self.max_batches:
+                self._samples.pop(next(iter(self._samples)))
+            samples = self._samples[batch.id] = deque(maxlen=MAX_SAMPLES)
+        if samples and (t - samples[-1][0] < SAMPLE_EVERY or done < samples[-1][1]):
+            return
+        samples.append((t, done))
+
+    def samples(self, batch_id: str) -> list[tuple[float, int]]:
+        return list(self._samples.get(batch_id, ()))
+
+    def rate(self, batch: Batch, t: float) -> float | None:
+        """Requests finished per second: over the last minute if sampled, else on average."""
+        samples = self._samples.get(batch.id)
+        done = batch.completed + batch.failed
+        if samples:
+            recent = [s for s in samples if t - s[0] <= RATE_WINDOW]
+            if len(recent) >= 2 and recent[-1][0] - recent[0][0] >= 2.0:
+                return max(0.0, (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0]))
+        start = batch.in_progress_at
+        if start is None or done == 0:
+            return None
+        end = batch.finalizing_at or _ended_at(batch) or t
+        return done / max(end - start, 1.0)
+
+
+def _ended_at(b: Batch) -> int | None:
+    return b.completed_at or b.failed_at or b.expired_at or b.cancelled_at
+
+
+def batch_view(b: Batch, history: ProgressHistory, prices: tuple[Price, ...]) -> dict[str, Any]:
+    t = time.time()
+    history.record(b, t)
+    done = b.completed + b.failed
+    total = b.total
+    rate = history.rate(b, t)
+    eta = None
+    if b.status == BatchStatus.IN_PROGRESS and rate and total > done:
+        eta = (total - done) / rate
+    usage = b.usage
+    return {
+        "id": b.id,
+        "status": b.status,
+        "terminal": BatchStatus(b.status).terminal,
+        "endpoint": b.endpoint_spelling or b.endpoint,
+        "model": b.model,
+        "created_at": b.created_at,
+        "expires_at": b.expires_at,
+        "input_file_id": b.input_file_id,
+        "output_file_id": b.output_file_id,
+        "error_file_id": b.error_file_id,
+        "total": total,
+        "completed": b.completed,
+        "failed": b.failed,
+        "done": done,
+        "percent": round(100.0 * done / total, 1) if total else 0.0,
+        "percent_completed": round(100.0 * b.completed / total, 2) if total else 0.0,
+        "percent_failed": round(100.0 * b.failed / total, 2) if total else 0.0,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "rate": round(rate, 3) if rate is not None else None,
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+        "estimated_cost": estimate(prices, b.model, usage),
+        "metadata": b.metadata or {},
+        "errors": [e.to_api() for e in b.errors or ()],
+        "timeline": [
+            {"event": label, "at": getattr(b, name)}
+            for name, label in TIMELINE
+            if getattr(b, name) is not None
+        ],
+    }
+
+
+def progress_points(b: Batch, history: ProgressHistory) -> list[tuple[float, int]]:
+    """The chart's points: (unix time, finished requests), known timestamps included."""
+    points: list[tuple[float, int]] = []
+    if b.in_progress_at is not None:
+        points.append((float(b.in_progress_at), 0))
+    points += [p for p in history.samples(b.id) if not points or p[0] >= points[0][0]]
+    end = b.finalizing_at or _ended_at(b)
+    done = b.completed + b.failed
+    if end is not None and b.in_progress_at is not None:
+        points.append((float(max(end, b.in_progress_at)), done))
+    elif b.status == BatchStatus.IN_PROGRESS:
+        points.append((time.time(), done))
+    return points
+
+
+def chart(points: list[tuple[float, int]], total: int, width: int = 640, height: int = 180) -> dict:
+    """An SVG polyline of progress over time, computed here so the page needs no library."""
+    t0 = points[0][0] if points else 0.0
+    if len(points) < 2 or total <= 0 or points[-1][0] - t0 < MIN_CHART_SPAN:
+        return {"width": width, "height": height, "polyline": "", "ticks": []}
+    t1 = points[-1][0]
+    pad = 4
+    coords = []
+    for t, done in points:
+        x = pad + (t - t0) / (t1 - t0) * (width - 2 * pad)
+        y = height - pad - min(done, total) / total * (height - 2 * pad)
+        coords.append(f"{x:.1f},{y:.1f}")
+    span = t1 - t0
+    return {
+        "width": width,
+        "height": height,
+        "polyline": " ".join(coords),
+        "span": span,
+        "ticks": [{"x": pad + f * (width - 2 * pad), "seconds": f * span} for f in (0, 0.5, 1)],
+    }
+
+
+def failed_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One failed request from the ledger, with the message a person wants to read."""
+    message = None
+    code = None
+    if row.get("error"):
+        try:
+            err = orjson.loads(row["error"])
+            code, message = err.get("code"), err.get("message")
+        except (orjson.JSONDecodeError, AttributeError):
+            message = str(row["error"])[:500]
+    elif row.get("response"):
+        try:
+            body = orjson.loads(row["response"])
+            err = body.get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                code, message = err.get("code") or err.get("type"), err.get("message")
+            elif err is not None:
+                message = str(err)
+        except orjson.JSONDecodeError:
+            message = bytes(row["response"])[:500].decode(errors="replace")
+    return {
+        "line": row.get("line"),
+        "custom_id": row.get("custom_id"),
+        "status_code": row.get("status_code"),
+        "code": code,
+        "message": (message or "")[:500],
+    }
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {s:02d}s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def fmt_time(ts: int | float | None) -> str:
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def fmt_number(n: int | float | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n:,}"
+
+
+def fmt_cost(cost: dict[str, Any] | None) -> str:
+    if not cost:
+        return "—"
+    amount = float(cost["amount"])
+    digits = 2 if amount >= 1 else 4
+    symbol = "$" if cost.get("currency") == "USD" else f"{cost.get('currency')} "
+    return f"{symbol}{amount:,.{digits}f}"

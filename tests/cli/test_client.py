@@ -1,0 +1,201 @@
+"""The client commands against a real `overnight serve`, run as the user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from overnight.testing.server_process import OvernightProcess
+from overnight.testing.upstream_stub import StubServer
+from tests.live_server import API_KEY, chat_line, wait_status, write_jsonl
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BAR = "━"
+
+
+def cli_env(server: OvernightProcess, key: str | None = API_KEY) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OVERNIGHT_"))}
+    env["OPENAI_BASE_URL"] = server.url  # a bare address: the CLI adds /v1
+    if key is not None:
+        env["OPENAI_API_KEY"] = key
+    env["COLUMNS"] = "120"
+    return env
+
+
+def cli(
+    server: OvernightProcess, *args: str, key: str | None = API_KEY, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "overnight", *args],
+        env=cli_env(server, key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_submit_wait_prints_plain_progress_and_writes_results_in_input_order(
+    server: OvernightProcess, http: httpx.Client, tmp_path: Path
+) -> None:
+    ids = ["r3", "r10", "r1", "r22", "r2", "r7", "r15", "r4"]  # input order != sorted order
+    src = write_jsonl(tmp_path / "requests.jsonl", [chat_line(i, f"say {i}") for i in ids])
+    out = tmp_path / "results.jsonl"
+    run = cli(server, "submit", str(src), "--wait", "-o", str(out), "--poll", "0.1")
+    assert run.returncode == 0, run.stderr
+    batch_id = run.stdout.split()[0]
+    assert batch_id.startswith("batch_")
+    # Not a terminal: plain lines, no bar and no cursor movement.
+    assert BAR not in run.stderr and not ANSI.search(run.stderr), run.stderr
+    assert f"{batch_id} validating\n" in run.stderr or f"{batch_id} in_progress" in run.stderr
+    assert f"{batch_id} completed: 8/8 done, 0 failed" in run.stderr
+    assert "completed: 8 completed, 0 failed of 8" in run.stderr
+    assert re.search(r"estimated cost \$0\.\d{4}", run.stderr), run.stderr
+    assert [line["custom_id"] for line in jsonl(out)] == ids
+    assert all(line["response"]["status_code"] == 200 for line in jsonl(out))
+
+    # With the input file gone, results are ordered by custom_id instead.
+    assert http.delete(f"/v1/files/{http.get(f'/v1/batches/{batch_id}').json()['input_file_id']}")
+    run = cli(server, "results", batch_id)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(x) for x in run.stdout.splitlines()]
+    assert [x["custom_id"] for x in lines] == sorted(ids, key=lambda s: int(s[1:]))
+
+
+def test_batches_show_cancel_and_merged_results(
+    server: OvernightProcess, http: httpx.Client, stub: StubServer, tmp_path: Path
+) -> None:
+    stub.configure(latency=1.0)
+    src = write_jsonl(tmp_path / "slow.jsonl", [chat_line(f"s{i}") for i in range(120)])
+    run = cli(server, "submit", str(src), "--metadata", "job=nightly")
+    assert run.returncode == 0, run.stderr
+    batch_id = run.stdout.strip()
+    wait_status(http, batch_id, {"in_progress"})
+
+    listed = cli(server, "batches")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if batch_id in line)
+    assert "in_progress" in row and "gpt-test" in row and "120" in row
+
+    shown = cli(server, "show", batch_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "in_progress" in shown.stdout and "metadata.job" in shown.stdout
+    raw = json.loads(cli(server, "show", batch_id, "--json").stdout)
+    assert raw["id"] == batch_id and raw["metadata"] == {"job": "nightly"}
+    assert raw["estimated_cost"]["currency"] == "USD"
+
+    cancelled = cli(server, "cancel", batch_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split() in ([batch_id, "cancelling"], [batch_id, "cancelled"])
+
+    out = tmp_path / "merged.jsonl"
+    run = cli(server, "results", batch_id, "--wait", "--poll", "0.1", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    lines = jsonl(out)
+    assert [x["custom_id"] for x in lines] == [f"s{i}" for i in range(120)]
+    ok = [x for x in lines if x["response"] and x["response"]["status_code"] == 200]
+    cancelled_lines = [x for x in lines if x["error"] and x["error"]["code"] == "batch_cancelled"]
+    assert ok and cancelled_lines and len(ok) + len(cancelled_lines) == 120
+    assert "wrote 120 results" in run.stderr
+
+
+def test_retry_creates_a_batch_of_the_failed_requests_only(
+    server: OvernightProcess, http: httpx.Client, stub: StubServer, tmp_path: Path
+) -> None:
+    stub.configure(fail_rate=0.5, fail_status=400)  # 400 is final: no retry inside overnight
+    src = write_jsonl(tmp_path / "flaky.jsonl", [chat_line(f"f{i}") for i in range(30)])
+    run = cli(server, "submit", str(src), "--wait", "--poll", "0.1")
+    assert run.returncode == 0, run.stderr
+    first = run.stdout.strip()
+    batch = http.get(f"/v1/batches/{first}").json()
+    failed = batch["request_counts"]["failed"]
+    assert 0 < failed < 30, batch
+    assert f"retry the failed requests: overnight retry {first}" in run.stderr
+    errors = http.get(f"/v1/files/{batch['error_file_id']}/content").text.splitlines()
+    failed_ids = {json.loads(x)["custom_id"] for x in errors}
+
+    stub.configure(fail_rate=0.0)
+    out = tmp_path / "retried.jsonl"
+    run = cli(server, "retry", first, "--wait", "--poll", "0.1", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert f"retrying {failed} of 30 requests of {first}" in run.stderr
+    second = run.stdout.strip()
+    assert second.startswith("batch_") and second != first
+    retried = http.get(f"/v1/batches/{second}").json()
+    assert retried["metadata"] == {"retry_of": first}
+    assert retried["request_counts"] == {"total": failed, "completed": failed, "failed": 0}
+    assert {x["custom_id"] for x in jsonl(out)} == failed_ids
+
+    again = cli(server, "retry", second)
+    assert again.returncode == 0 and "nothing to retry" in again.stderr
+
+
+def test_progress_bar_on_a_terminal(server: OvernightProcess, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "tty.jsonl", [chat_line(f"t{i}") for i in range(20)])
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "submit", str(src), "--wait", "--poll", "0.1"],
+        env=cli_env(server),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(10) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert BAR in text, text  # rich's bar
+    assert "20/20" in text and "req/s" in text
+    assert "completed: 20 completed, 0 failed of 20" in ANSI.sub("", text)
+
+
+def test_helpful_errors(server: OvernightProcess, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(chat_line("ok")) + "\n{not json\n")
+    run = cli(server, "submit", str(bad), "--wait", "--poll", "0.1")
+    assert run.returncode == 1  # the batch failed validation
+    assert "line 2: invalid_json_line" in run.stderr, run.stderr
+    no_results = cli(server, "results", run.stdout.strip())
+    assert no_results.returncode == 1 and "without results" in no_results.stderr
+    run = cli(server, "batches", key="sk-wrong")
+    assert run.returncode == 1
+    assert "Incorrect API key" in run.stderr and "OPENAI_API_KEY" in run.stderr
+    missing = cli(server, "show", "batch_doesnotexist")
+    assert missing.returncode == 1 and "404" in missing.stderr
+    env = cli_env(server)
+    env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+    run = subprocess.run(
+        [sys.executable, "-m", "overnight", "batches"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in run.stderr
