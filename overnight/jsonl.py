@@ -19,6 +19,7 @@ from overnight.models import BatchError
 
 BOM = b"\xef\xbb\xbf"
 MAX_CUSTOM_ID = 512
+MAX_MODEL = 256  # the width of batches.model
 
 
 def normalize_endpoint(value: str) -> str | None:
@@ -105,6 +106,9 @@ def parse_line(number: int, raw: bytes, endpoint: str) -> Line | BatchError | No
         return bad("custom_id", "custom_id is required and must be a non-empty string.")
     if len(custom_id) > MAX_CUSTOM_ID:
         return bad("custom_id", f"custom_id must be at most {MAX_CUSTOM_ID} characters.")
+    if "\x00" in custom_id:
+        # PostgreSQL text cannot hold U+0000; refused everywhere so both stores agree.
+        return bad("custom_id", "custom_id must not contain NUL (U+0000) characters.")
     method = doc.get("method")
     if method != "POST":
         return bad("method", "method must be 'POST'.")
@@ -123,6 +127,8 @@ def parse_line(number: int, raw: bytes, endpoint: str) -> Line | BatchError | No
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return bad("body.model", "body.model is required and must be a non-empty string.")
+    if len(model) > MAX_MODEL or "\x00" in model:
+        return bad("body.model", f"body.model must be at most {MAX_MODEL} characters, without NUL.")
     return Line(number, custom_id, model, orjson.dumps(body), prefix_key(body))
 
 

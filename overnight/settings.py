@@ -7,14 +7,19 @@ then default. Nothing else in the package reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from overnight.cost import Price, prices_from_toml
 from overnight.errors import ConfigError
+from overnight.webhooks import WebhookTarget, webhooks_from_toml
 
 DEFAULT_ROUTE = "*"
+# A project name: what API keys map to and what owns files and batches.
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,10 @@ class Settings:
     cancel_grace_seconds: float = 30.0
     poll_interval: float = 0.2
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    key_cache_seconds: float = 5.0  # a revoked database key stops working within this
     log_level: str = "info"
+    prices: tuple[Price, ...] = ()  # [prices."model"]: estimated cost of batches
+    webhooks: tuple[WebhookTarget, ...] = field(default=(), repr=False)  # [webhooks.project]
 
     @property
     def resolved_database_url(self) -> str:
@@ -170,6 +178,11 @@ def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
         project, sep, key = item.partition(":")
         if not sep or not project or not key:
             raise ConfigError("OVERNIGHT_API_KEYS must be comma-separated project:key pairs")
+        if not PROJECT_NAME.match(project):
+            raise ConfigError(
+                f"OVERNIGHT_API_KEYS: project {project[:40]!r} is not a valid name (letters, "
+                "digits and . _ @ -, at most 128 characters)"
+            )
         pairs.append((project, key))
     return tuple(pairs)
 
@@ -215,11 +228,15 @@ def load(
         "OVERNIGHT_COMPLETION_WINDOW_SECONDS": "completion_window_seconds",
         "OVERNIGHT_MAX_ATTEMPTS": "max_attempts",
         "OVERNIGHT_MAX_OPEN_BATCHES": "max_open_batches",
+        "OVERNIGHT_MAX_UPLOAD_BYTES": "max_upload_bytes",
+        "OVERNIGHT_MAX_BATCH_FILE_BYTES": "max_batch_file_bytes",
+        "OVERNIGHT_MAX_LINE_BYTES": "max_line_bytes",
     }
     float_env = {
         "OVERNIGHT_RETRY_BASE_DELAY": "retry_base_delay",
         "OVERNIGHT_LEASE_SECONDS": "lease_seconds",
         "OVERNIGHT_CANCEL_GRACE_SECONDS": "cancel_grace_seconds",
+        "OVERNIGHT_KEY_CACHE_SECONDS": "key_cache_seconds",
     }
     for var, key in int_env.items():
         if env.get(var):
@@ -230,6 +247,8 @@ def load(
     if env.get("OVERNIGHT_API_KEYS"):
         values["api_keys"] = _parse_api_keys(env["OVERNIGHT_API_KEYS"])
     values["routes"] = _routes_from_toml(doc, env)
+    values["prices"] = prices_from_toml(doc)
+    values["webhooks"] = webhooks_from_toml(doc, env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])

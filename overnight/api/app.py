@@ -14,10 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from overnight import __version__
 from overnight.api import batches, errors, files
 from overnight.api.auth import KeyRing
+from overnight.api.limits import BodyLimitMiddleware
 from overnight.api.responses import JSON
+from overnight.api.schemas import install_openapi
 from overnight.engine.scheduler import Scheduler
 from overnight.services import Services
 from overnight.settings import Settings
+from overnight.web import routes as web
 
 log = logging.getLogger("overnight")
 
@@ -52,7 +55,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = services or await Services.open(settings)
         app.state.services = svc
-        app.state.keys = KeyRing(settings.api_keys)
+        app.state.keys = KeyRing(settings.api_keys, svc.store.keys, settings.key_cache_seconds)
         scheduler = Scheduler(svc) if settings.run_executor else None
         app.state.scheduler = scheduler
         if scheduler is not None:
@@ -81,6 +84,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         include = prefix == "/v1"
         app.include_router(files.router, prefix=prefix, include_in_schema=include)
         app.include_router(batches.router, prefix=prefix, include_in_schema=include)
+    app.include_router(web.router)  # the dashboard (GET / and /ui/...) and GET /metrics
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -88,5 +92,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return JSON({"status": "starting"}, status_code=503)  # type: ignore[return-value]
         return {"status": "ok", "version": __version__}
 
+    install_openapi(app)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -5,18 +5,38 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from overnight.api.auth import current_project
 from overnight.api.files import services
-from overnight.errors import InvalidRequest, NotFound, TooManyRequests
+from overnight.api.limits import has_surrogates, plausible_id
+from overnight.api.schemas import (
+    AUTH_ERRORS,
+    CONFLICT,
+    NOT_FOUND,
+    TOO_MANY,
+    BatchList,
+    BatchObject,
+    ok,
+)
+from overnight.cost import annotate
+from overnight.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from overnight.jsonl import normalize_endpoint
 from overnight.models import Batch, BatchStatus, new_batch_id, now
 
-router = APIRouter(tags=["batches"])
+router = APIRouter(tags=["batches"], responses=AUTH_ERRORS)
 Project = Annotated[str, Depends(current_project)]
 
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+
+def _unicode(value: str) -> str:
+    if has_surrogates(value):
+        raise ValueError("must be valid Unicode text (no lone surrogate escapes)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class ExpiresAfter(BaseModel):
@@ -27,10 +47,10 @@ class ExpiresAfter(BaseModel):
 class CreateBatch(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input_file_id: Annotated[str, Field(max_length=256)]
-    endpoint: Annotated[str, Field(max_length=256)]
-    completion_window: Annotated[str, Field(max_length=64)]
-    metadata: dict[str, str] | None = None
+    input_file_id: Annotated[Text, Field(max_length=256)]
+    endpoint: Annotated[Text, Field(max_length=64)]
+    completion_window: Annotated[Text, Field(max_length=64)]
+    metadata: dict[Text, Text] | None = None
     output_expires_after: ExpiresAfter | None = None
 
 
@@ -55,10 +75,10 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 
 async def _get_batch(request: Request, batch_id: str, project: str) -> Batch:
     svc = services(request)
-    b = await svc.store.batches.get(batch_id, project) if len(batch_id) <= 64 else None
+    b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
     if b is None:
         raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
-    return b
+    return annotate(b, svc.settings.prices)
 
 
 def _wake(request: Request) -> None:
@@ -67,7 +87,7 @@ def _wake(request: Request) -> None:
         scheduler.wake()
 
 
-@router.post("/batches")
+@router.post("/batches", response_model=None, responses=ok(BatchObject) | TOO_MANY)
 async def create_batch(
     request: Request, project: Project, params: Annotated[CreateBatch, Body()]
 ) -> dict[str, Any]:
@@ -84,7 +104,8 @@ async def create_batch(
             "Invalid completion_window: only '24h' is supported.", param="completion_window"
         )
     _check_metadata(params.metadata)
-    f = await svc.store.files.get(params.input_file_id, project)
+    file_id = params.input_file_id
+    f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
     if f is None:
         raise InvalidRequest(
             f"Could not find file with ID {params.input_file_id[:100]!r}.",
@@ -99,7 +120,8 @@ async def create_batch(
     if await svc.store.batches.count_open(project) >= svc.settings.max_open_batches:
         raise TooManyRequests(
             f"This project already has {svc.settings.max_open_batches} open batches; "
-            "wait for some to finish or cancel them."
+            "wait for some to finish or cancel them (the limit is OVERNIGHT_MAX_OPEN_BATCHES).",
+            code="too_many_open_batches",
         )
     created = now()
     b = Batch(
@@ -122,15 +144,20 @@ async def create_batch(
     return b.to_api()
 
 
-@router.get("/batches")
+@router.get("/batches", response_model=None, responses=ok(BatchList))
 async def list_batches(
     request: Request,
     project: Project,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    items, more = await services(request).store.batches.page(project, limit=limit, after=after)
-    data = [b.to_api() for b in items]
+    if after and not plausible_id(after):
+        items: list[Batch] = []
+        more = False  # as for any cursor that names no batch of this project
+    else:
+        items, more = await services(request).store.batches.page(project, limit=limit, after=after)
+    prices = services(request).settings.prices
+    data = [annotate(b, prices).to_api() for b in items]
     return {
         "object": "list",
         "data": data,
@@ -140,12 +167,16 @@ async def list_batches(
     }
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", response_model=None, responses=ok(BatchObject) | NOT_FOUND)
 async def retrieve_batch(request: Request, batch_id: str, project: Project) -> dict[str, Any]:
     return (await _get_batch(request, batch_id, project)).to_api()
 
 
-@router.post("/batches/{batch_id}/cancel")
+@router.post(
+    "/batches/{batch_id}/cancel",
+    response_model=None,
+    responses=ok(BatchObject) | NOT_FOUND | CONFLICT,
+)
 async def cancel_batch(request: Request, batch_id: str, project: Project) -> dict[str, Any]:
     svc = services(request)
     b = await _get_batch(request, batch_id, project)
@@ -158,9 +189,9 @@ async def cancel_batch(request: Request, batch_id: str, project: Project) -> dic
         current = await _get_batch(request, batch_id, project)
         if current.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             return current.to_api()
-        raise InvalidRequest(
+        # What OpenAI answers: 409 (the SDK's ConflictError), and the batch is unchanged.
+        raise Conflict(
             f"Cannot cancel a batch with status '{current.status}'.",
-            param="batch_id",
             code="batch_not_cancellable",
         )
     _wake(request)

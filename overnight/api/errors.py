@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from overnight.api.responses import JSON
 from overnight.errors import InvalidRequest, OvernightError
@@ -19,6 +20,11 @@ _HTTP_CODES = {
     405: ("method_not_allowed", "invalid_request_error"),
     413: ("request_too_large", "invalid_request_error"),
 }
+
+
+def _text(value: str, limit: int = 500) -> str:
+    """Client-supplied text echoed in an error: bounded, and always encodable as UTF-8."""
+    return value[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def envelope(status: int, message: str, type_: str, param: str | None, code: str | None) -> JSON:
@@ -34,13 +40,16 @@ def install(app: FastAPI) -> None:
         response = envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code)
         if exc.status_code == 401:
             response.headers["www-authenticate"] = "Bearer"
+        if exc.status_code == 409:
+            # The SDK retries 409s unless told not to; a state conflict will not resolve itself.
+            response.headers["x-should-retry"] = "false"
         return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSON:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
+        param = _text(".".join(loc), 100) or None
         kind = first.get("type", "")
         if kind == "missing":
             return envelope(
@@ -50,7 +59,7 @@ def install(app: FastAPI) -> None:
                 param,
                 "missing_required_parameter",
             )
-        message = first.get("msg", "Invalid request.")
+        message = _text(str(first.get("msg", "Invalid request.")))
         if kind == "json_invalid":
             message, param = "The request body is not valid JSON.", None
         text = f"Invalid value for '{param}': {message}" if param else message
@@ -63,6 +72,17 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "Unknown route."
         return envelope(exc.status_code, message, type_, None, code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSON:
+        # The client went away mid-body: nobody reads this answer, and it is not our error.
+        return envelope(
+            400,
+            "The request body was not received in full.",
+            "invalid_request_error",
+            None,
+            "invalid_request",
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSON:

@@ -9,13 +9,24 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from overnight.api.auth import current_project
+from overnight.api.limits import plausible_id
 from overnight.api.responses import JSON
+from overnight.api.schemas import (
+    AUTH_ERRORS,
+    CONTENT_RESPONSE,
+    NOT_FOUND,
+    UPLOAD_BODY,
+    FileDeleted,
+    FileList,
+    FileObject,
+    ok,
+)
 from overnight.api.upload import receive_upload
 from overnight.errors import InvalidRequest, MissingParameter, NotFound
 from overnight.models import File, FileStatus, new_file_id, now
 from overnight.services import Services
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=AUTH_ERRORS)
 
 PURPOSES = frozenset(
     {"batch", "assistants", "fine-tune", "vision", "user_data", "evals", "batch_output"}
@@ -66,13 +77,19 @@ def content_disposition(filename: str) -> str:
 
 
 async def _get_file(svc: Services, file_id: str, project: str) -> File:
-    f = await svc.store.files.get(file_id, project) if len(file_id) <= 64 else None
+    f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
     if f is None:
         raise NotFound(f"No such File object: {file_id[:100]}", param="file_id")
     return f
 
 
-@router.post("/files", status_code=200)
+@router.post(
+    "/files",
+    status_code=200,
+    response_model=None,
+    responses=ok(FileObject),
+    openapi_extra=UPLOAD_BODY,
+)
 async def upload_file(request: Request, project: Project) -> JSON:
     svc = services(request)
     s = svc.settings
@@ -130,7 +147,7 @@ async def upload_file(request: Request, project: Project) -> JSON:
     return JSON(f.to_api(), status_code=201 if is_azure(request) else 200)
 
 
-@router.get("/files")
+@router.get("/files", response_model=None, responses=ok(FileList))
 async def list_files(
     request: Request,
     project: Project,
@@ -140,9 +157,13 @@ async def list_files(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     svc = services(request)
-    items, more = await svc.store.files.page(
-        project, purpose=purpose, limit=limit, order=order, after=after
-    )
+    if (after and not plausible_id(after)) or (purpose and purpose not in PURPOSES):
+        items: list[File] = []
+        more = False  # nothing can match: no need to ask the database
+    else:
+        items, more = await svc.store.files.page(
+            project, purpose=purpose, limit=limit, order=order, after=after
+        )
     data = [f.to_api() for f in items]
     return {
         "object": "list",
@@ -153,12 +174,16 @@ async def list_files(
     }
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=None, responses=ok(FileObject) | NOT_FOUND)
 async def retrieve_file(request: Request, file_id: str, project: Project) -> dict[str, Any]:
     return (await _get_file(services(request), file_id, project)).to_api()
 
 
-@router.get("/files/{file_id}/content")
+@router.get(
+    "/files/{file_id}/content",
+    response_class=StreamingResponse,
+    responses=CONTENT_RESPONSE | NOT_FOUND,
+)
 async def file_content(request: Request, file_id: str, project: Project) -> StreamingResponse:
     svc = services(request)
     f = await _get_file(svc, file_id, project)
@@ -173,7 +198,7 @@ async def file_content(request: Request, file_id: str, project: Project) -> Stre
     )
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", response_model=None, responses=ok(FileDeleted) | NOT_FOUND)
 async def delete_file(request: Request, file_id: str, project: Project) -> dict[str, Any]:
     svc = services(request)
     f = await _get_file(svc, file_id, project)

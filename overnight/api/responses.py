@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 
-class JSON(Response):
-    media_type = "application/json"
+class JSON(JSONResponse):
+    """A JSONResponse (so the OpenAPI description knows its answers are JSON), via orjson."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

@@ -15,6 +15,8 @@ from overnight.errors import InvalidRequest, PayloadTooLarge
 
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
+MAX_PART_HEADER_BYTES = 8192  # one part's header name or value
+MAX_PARTS = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -50,8 +52,13 @@ class _Parse:
         self._field_buf = bytearray()
         self._file_seen = False
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._parts = 0
+        self.ended = False  # the closing boundary was seen
 
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise InvalidRequest("Too many parts in the multipart body.")
         self._headers = {}
         self._part = None
         self._is_file = False
@@ -59,9 +66,13 @@ class _Parse:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._hname += data[start:end]
+        if len(self._hname) > MAX_PART_HEADER_BYTES:
+            raise InvalidRequest("A multipart part header is too long.")
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._hvalue += data[start:end]
+        if len(self._hvalue) > MAX_PART_HEADER_BYTES:
+            raise InvalidRequest("A multipart part header is too long.")
 
     def on_header_end(self) -> None:
         self._headers[self._hname.lower()] = self._hvalue
@@ -109,6 +120,9 @@ class _Parse:
                     f"The form field {self._part!r} is too long.", param=self._part
                 )
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def on_part_end(self) -> None:
         if self._is_file:
             if self.result.utf8_ok:
@@ -152,6 +166,7 @@ async def receive_upload(
             "on_headers_finished",
             "on_part_data",
             "on_part_end",
+            "on_end",
         )
     }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -171,6 +186,8 @@ async def receive_upload(
             parser.finalize()
         except MultipartParseError:
             raise InvalidRequest("The multipart body is malformed.") from None
+        if not state.ended:
+            raise InvalidRequest("The multipart body is truncated (no closing boundary).")
         if state.result.filename is None:
             raise InvalidRequest("The upload has no 'file' part.", param="file")
         if writer is None:

@@ -68,6 +68,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _database_has_keys(s: Settings) -> bool:
+    """Whether `overnight keys create` made a key in this store (then auth is on)."""
+    from overnight.store import open_store
+
+    async def check() -> bool:
+        store = await open_store(s.resolved_database_url)
+        try:
+            return await store.keys.any_configured()
+        finally:
+            await store.close()
+
+    return asyncio.run(check())
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -98,7 +112,7 @@ def serve(
         run_executor=False if no_executor else None,
     )
     _setup_logging(s.log_level)
-    if not s.api_keys and not is_loopback(s.host):
+    if not s.api_keys and not is_loopback(s.host) and not _database_has_keys(s):
         typer.echo(
             f"overnight: refusing to listen on {s.host} without API keys. Set "
             "OVERNIGHT_API_KEYS=project:key (or create one with `overnight keys create "
@@ -116,6 +130,10 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        # h11 bounds a request's head (request line and headers); httptools buffers a
+        # header of any length, so one connection could grow the process without limit.
+        http="h11",
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from overnight.store.batches import BatchRepo
 from overnight.store.database import create_engine, create_schema, is_sqlite
 from overnight.store.files import FileRepo
+from overnight.store.keys import KeyRepo
 from overnight.store.ledger import Ledger
 
 
@@ -18,6 +19,7 @@ class Store:
     files: FileRepo
     batches: BatchRepo
     ledger: Ledger
+    keys: KeyRepo
 
     @property
     def single_process(self) -> bool:
@@ -31,4 +33,4 @@ class Store:
 async def open_store(url: str) -> Store:
     engine = create_engine(url)
     await create_schema(engine)
-    return Store(engine, FileRepo(engine), BatchRepo(engine), Ledger(engine))
+    return Store(engine, FileRepo(engine), BatchRepo(engine), Ledger(engine), KeyRepo(engine))

@@ -1,15 +1,17 @@
-"""Open the database: async engine, SQLite pragmas, schema creation."""
+"""Open the database: async engine, SQLite pragmas, schema migrations."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from overnight.store.schema import metadata
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Held for the migration's transaction, so processes starting together take turns.
+MIGRATION_LOCK = 0x6F76_6E74  # "ovnt"
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
@@ -21,7 +23,9 @@ def create_engine(url: str) -> AsyncEngine:
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # hide_parameters: a failed statement's error (and so the log) never carries
+        # prompts, custom_ids or answers, only the SQL.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,18 +39,44 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+    )
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """Alembic's config for overnight's migrations, bound to an open connection."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(connection), "head")
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Bring the schema up to date (idempotent)."""
-    for attempt in range(5):
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-            return
-        except Exception:
-            # Several processes starting at once on PostgreSQL can race on CREATE TABLE.
-            if attempt == 4:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
+    """Bring the schema up to date with the migrations (idempotent; safe to run at once
+    from several processes: on PostgreSQL they queue on an advisory lock, and each one
+    after the first finds nothing to do)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        await conn.run_sync(_upgrade)
