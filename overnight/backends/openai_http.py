@@ -54,6 +54,14 @@ class _Replica:
     down_until: float = 0.0
 
 
+def redact_url(url: str) -> str:
+    """A URL fit for logs: no user:password@, no query string (keys hide in both)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _split_base(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
@@ -96,7 +104,7 @@ class OpenAIHTTPBackend(Backend):
             self._session = None
 
     def describe(self) -> str:
-        return "OpenAI-compatible HTTP " + ", ".join(r.base for r in self.replicas)
+        return "OpenAI-compatible HTTP " + ", ".join(redact_url(r.base) for r in self.replicas)
 
     def _pick(self) -> _Replica:
         if len(self.replicas) == 1:
@@ -148,7 +156,7 @@ class OpenAIHTTPBackend(Backend):
 
 
 def _interpret(status: int, raw: bytes, headers: Any) -> Response:
-    request_id = headers.get("x-request-id", "") or headers.get("apim-request-id", "")
+    request_id = (headers.get("x-request-id", "") or headers.get("apim-request-id", ""))[:128]
     try:
         parsed = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:

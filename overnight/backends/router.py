@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from overnight.backends.base import Backend
-from overnight.backends.openai_http import OpenAIHTTPBackend
+from overnight.backends.openai_http import OpenAIHTTPBackend, redact_url
 from overnight.settings import Route, Settings
 
 log = logging.getLogger("overnight.router")
@@ -57,10 +57,10 @@ class Router:
         s = self.settings
         if s.routes:
             names = ", ".join(r.name for r in s.routes)
-            tail = f"; other models -> {s.upstream_url}" if s.upstream_url else ""
+            tail = f"; other models -> {redact_url(s.upstream_url)}" if s.upstream_url else ""
             return f"models from config: {names}{tail}"
         if s.upstream_url:
-            return f"every model -> upstream {s.upstream_url}"
+            return f"every model -> upstream {redact_url(s.upstream_url)}"
         return (
             "no upstream configured: every model name is served by the embedded model "
             "(SmolLM2-135M-Instruct, llama.cpp, in process)"

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from overnight import metrics
 from overnight.api.auth import current_project
 from overnight.api.files import content_disposition
+from overnight.api.limits import plausible_id
 from overnight.errors import NotFound, OvernightError
 from overnight.models import Batch
 from overnight.services import Services
@@ -135,7 +136,7 @@ async def _list(request: Request, project: str, after: str | None) -> dict[str, 
 
 async def _detail(request: Request, project: str, batch_id: str) -> tuple[Batch, dict[str, Any]]:
     svc = _svc(request)
-    row = await svc.store.batches.row(batch_id, project) if len(batch_id) <= 64 else None
+    row = await svc.store.batches.row(batch_id, project) if plausible_id(batch_id) else None
     if row is None:
         raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
     b = to_batch(row)
@@ -278,7 +279,7 @@ async def batch_json(request: Request, batch_id: str, project: Project) -> dict[
 @router.get("/ui/files/{file_id}/content")
 async def download(request: Request, file_id: str, project: Project) -> Response:
     svc = _svc(request)
-    f = await svc.store.files.get(file_id, project) if len(file_id) <= 64 else None
+    f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
     if f is None:
         raise NotFound(f"No such File object: {file_id[:100]}", param="file_id")
     media = "application/jsonl" if f.filename.endswith(".jsonl") else "application/octet-stream"
