@@ -23,8 +23,11 @@ typecheck:
 
 check: lint typecheck
 
+# Everything on SQLite + a local directory, then the acceptance suite again on the
+# scale-out stores: PostgreSQL (127.0.0.1:5432) + S3 (moto's server, started by the tests).
 test: install check
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q tests/acceptance --pg-s3
 
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e '.[local]'

@@ -25,6 +25,15 @@ log = logging.getLogger("overnight.scheduler")
 HOUSEKEEPING_EVERY = 5.0
 
 
+def _still_needed(status: str, what: str, reason: str | None) -> bool:
+    """Whether a batch in `status` still needs the job (`what`, `reason`) planned for it."""
+    if what == "validate":
+        return status == BatchStatus.VALIDATING
+    if reason == "cancel":
+        return status == BatchStatus.CANCELLING
+    return status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
+
+
 class Scheduler:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -71,7 +80,9 @@ class Scheduler:
     async def tick(self) -> None:
         svc = self.svc
         t = time.time()
-        if t - self._last_housekeeping > HOUSEKEEPING_EVERY:
+        # Renew leases well before they run out, however short they are configured.
+        every = min(HOUSEKEEPING_EVERY, svc.settings.lease_seconds / 3)
+        if t - self._last_housekeeping > every:
             self._last_housekeeping = t
             await self._housekeeping(t)
         rows = await svc.store.batches.active()
@@ -119,23 +130,34 @@ class Scheduler:
 
         async def run() -> None:
             svc = self.svc
-            until = time.time() + svc.settings.lease_seconds * 5
-            if not await svc.store.batches.take_ownership(row.id, svc.owner, time.time(), until):
-                return
+            owned = False
             try:
+                until = time.time() + svc.settings.lease_seconds * 5
+                owned = await svc.store.batches.take_ownership(
+                    row.id, svc.owner, time.time(), until
+                )
+                if not owned:
+                    return  # another process is on it; the next tick looks again
+                # `row` was read before the lease was taken: another process may have
+                # validated or finalized the batch since. Act on what is true now.
+                fresh = await svc.store.batches.row(row.id)
+                if fresh is None or not _still_needed(fresh.status, what, reason):
+                    return
                 started = time.perf_counter()
                 if what == "validate":
-                    await validate_batch(svc, row)
+                    await validate_batch(svc, fresh)
                 else:
-                    await finalize_batch(svc, row, reason)
+                    await finalize_batch(svc, fresh, reason)
                 log.debug("%s %s took %.3f s", what, row.id, time.perf_counter() - started)
             except Exception:
                 log.exception("could not %s batch %s; will try again", what, row.id)
                 await asyncio.sleep(1.0)
             finally:
-                await svc.store.batches.release_ownership(row.id, svc.owner)
+                if owned:
+                    await svc.store.batches.release_ownership(row.id, svc.owner)
                 self._jobs.pop(row.id, None)
-                self.wake()
+                if owned:
+                    self.wake()
 
         self._jobs[row.id] = asyncio.create_task(run(), name=f"{what}:{row.id}")
 

@@ -171,7 +171,9 @@ class Ledger:
                     len(params) - matched,
                     len(params),
                 )
-            for seq, (ok, bad, t_in, t_cached, t_out, t_reason) in per_batch.items():
+            # Batch rows in one order everywhere, so two workers recording results for the
+            # same batches cannot deadlock on PostgreSQL.
+            for seq, (ok, bad, t_in, t_cached, t_out, t_reason) in sorted(per_batch.items()):
                 await conn.execute(
                     update(batches)
                     # A closed batch's counts were recomputed from the rows; late

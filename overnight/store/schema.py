@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -102,6 +103,14 @@ requests = Table(
     Column("reasoning_tokens", Integer, nullable=False, default=0),
     Index("ix_requests_batch_state", "batch_seq", "state", "id"),
     Index("ix_requests_batch_line", "batch_seq", "line"),
+    # Only leased rows (a few thousand at most): lease renewal and takeover stay cheap
+    # however many finished requests the table keeps.
+    Index(
+        "ix_requests_leased",
+        "lease_until",
+        postgresql_where=text("state = 1"),
+        sqlite_where=text("state = 1"),
+    ),
 )
 
 api_keys = Table(
