@@ -23,18 +23,20 @@ from overnight.testing.upstream_stub import StubConfig, StubProcess
 def big_lines(n: int, line_bytes: int) -> bytes:
     filler = "x" * max(0, line_bytes - 200)
     return b"".join(
-        orjson.dumps({
-            "custom_id": f"r{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "bench-model",
-                "messages": [
-                    {"role": "system", "content": filler},
-                    {"role": "user", "content": f"item {i}"},
-                ],
-            },
-        })
+        orjson.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "bench-model",
+                    "messages": [
+                        {"role": "system", "content": filler},
+                        {"role": "user", "content": f"item {i}"},
+                    ],
+                },
+            }
+        )
         + b"\n"
         for i in range(n)
     )

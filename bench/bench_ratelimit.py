@@ -40,7 +40,8 @@ def main() -> None:
     ideal = n / args.rpm * 60
     refused = stats["by_status"].get("429", 0)
     print(
-        f"requests: {n}, upstream limit: {args.rpm}/min (sliding 60 s window), latency {args.latency}s"
+        f"requests: {n}, upstream limit: {args.rpm}/min (sliding 60 s window), "
+        f"latency {args.latency}s"
     )
     print(f"ideal N/limit: {ideal:.1f} s; overnight: {took:.1f} s; ratio {took / ideal:.2f}")
     print(f"429s received: {refused} ({refused / n:.1%} of requests)")

@@ -33,21 +33,23 @@ DEPLOYMENT = "gpt-4o-mini-batch"  # any name: the embedded model serves them all
 
 def demo_file() -> bytes:
     return b"".join(
-        orjson.dumps({
-            "custom_id": f"question-{i + 1}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": DEPLOYMENT,
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": q},
-                ],
-                "max_tokens": 48,
-                "temperature": 0,
-                "seed": 7,
-            },
-        })
+        orjson.dumps(
+            {
+                "custom_id": f"question-{i + 1}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": DEPLOYMENT,
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": q},
+                    ],
+                    "max_tokens": 48,
+                    "temperature": 0,
+                    "seed": 7,
+                },
+            }
+        )
         + b"\n"
         for i, q in enumerate(QUESTIONS)
     )
@@ -70,7 +72,9 @@ def run_demo(console: Console | None = None) -> int:
             )
             console.print(f"uploaded {f.id}, created {batch.id}")
             columns = (
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TimeElapsedColumn(),
             )
             with Progress(*columns, console=console, transient=False) as bar:

@@ -160,18 +160,27 @@ async def test_requests_sharing_a_prefix_are_sent_together(tmp_path: Path) -> No
 
     systems = [f"You are assistant {k}. " + "Context. " * 50 for k in range(3)]
     data = b"".join(
-        orjson.dumps({
-            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "m", "messages": [
-                {"role": "system", "content": systems[i % 3]},
-                {"role": "user", "content": f"question {i}"},
-            ]},
-        }) + b"\n"
+        orjson.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "m",
+                    "messages": [
+                        {"role": "system", "content": systems[i % 3]},
+                        {"role": "user", "content": f"question {i}"},
+                    ],
+                },
+            }
+        )
+        + b"\n"
         for i in range(300)
     )
-    async with StubServer(StubConfig()) as up, running_engine(
-        tmp_path, route(up.url, max_concurrency=1)
-    ) as (svc, _):
+    async with (
+        StubServer(StubConfig()) as up,
+        running_engine(tmp_path, route(up.url, max_concurrency=1)) as (svc, _),
+    ):
         b = await wait_for(svc, await submit(svc, data), terminal)
         assert b.completed == 300
         order = [r["body"]["messages"][0]["content"] for r in up.received(300)]
