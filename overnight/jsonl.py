@@ -7,6 +7,7 @@ JSON text of each answer without parsing it again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ MAX_CUSTOM_ID = 512
 MAX_MODEL = 256  # the width of batches.model
 
 
+@functools.lru_cache(maxsize=64)
 def normalize_endpoint(value: str) -> str | None:
     """Map the vendors' spellings ("/v1/chat/completions", "/chat/completions") to one."""
     if not isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +30,8 @@ async def _check_lines(
     model_line = 0
     count = 0
     buffer: list[Line] = []
+    # The previous window's insert runs (in the database's thread) while the next is parsed.
+    inserting: asyncio.Task[None] | None = None
     try:
         async for number, raw in split_lines(svc.blobs.read(key), s.max_line_bytes):
             parsed = parse_line(number, raw, row.endpoint)
@@ -76,7 +79,9 @@ async def _check_lines(
                 if not errors:
                     buffer.append(parsed)
                     if len(buffer) >= INSERT_CHUNK:
-                        await _insert(svc, row.seq, buffer)
+                        if inserting is not None:
+                            await inserting
+                        inserting = asyncio.create_task(_insert(svc, row.seq, buffer))
                         buffer = []
             if len(errors) >= MAX_ERRORS:
                 break
@@ -89,6 +94,9 @@ async def _check_lines(
                 exc.number,
             )
         )
+    finally:
+        if inserting is not None:
+            await inserting  # always: the error path clears the ledger after this returns
     if not errors:
         await _insert(svc, row.seq, buffer)
     return count, model

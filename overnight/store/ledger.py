@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,6 +71,22 @@ _RECORD_SQL = (
     f" WHERE id = ? AND lease_owner = ? AND state = {int(RequestState.LEASED)}"
 )
 
+# Finalization reads every row once; plain tuples skip SQLAlchemy's row processing.
+_RESULTS_SQL = (
+    "SELECT line, custom_id, state, status_code, response, error, upstream_request_id"
+    " FROM requests WHERE batch_seq = ? AND line > ? ORDER BY line LIMIT ?"
+)
+
+
+class ResultRow(NamedTuple):
+    line: int
+    custom_id: str
+    state: int
+    status_code: int | None
+    response: bytes | None
+    error: str | None
+    upstream_request_id: str | None
+
 
 def _placeholders(sql: str, paramstyle: str) -> str:
     """Write qmark SQL in the driver's own style ($1, $2... for asyncpg)."""
@@ -90,6 +106,7 @@ class Ledger:
         style = engine.dialect.paramstyle
         self._insert_sql = _placeholders(_INSERT_SQL, style)
         self._record_sql = _placeholders(_RECORD_SQL, style)
+        self._results_sql = _placeholders(_RESULTS_SQL, style)
 
     async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
         if not lines:
@@ -290,27 +307,13 @@ class Ledger:
             row = (await conn.execute(query)).one()
         return int(row[0]), int(row[1])
 
-    async def results(self, batch_seq: int, page: int = 1000) -> AsyncIterator[Any]:
-        """Every finished row of a batch in file order, a page at a time."""
+    async def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
+        """Every row of a batch in file order, a page at a time (keyset on `line`)."""
         last = 0
-        cols = (
-            requests.c.line,
-            requests.c.custom_id,
-            requests.c.state,
-            requests.c.status_code,
-            requests.c.response,
-            requests.c.error,
-            requests.c.upstream_request_id,
-        )
         while True:
-            query = (
-                select(*cols)
-                .where(requests.c.batch_seq == batch_seq, requests.c.line > last)
-                .order_by(requests.c.line)
-                .limit(page)
-            )
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
+                result = await conn.exec_driver_sql(self._results_sql, (batch_seq, last, page))
+                rows = [ResultRow._make(r) for r in result.fetchall()]
             for row in rows:
                 yield row
             if len(rows) < page:
