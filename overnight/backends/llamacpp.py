@@ -16,6 +16,7 @@ import asyncio
 import base64
 import os
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -118,20 +119,25 @@ class LlamaCppBackend(Backend):
         self.name = name
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
-        self.n_threads = n_threads or len(os.sched_getaffinity(0)) or 1
+        self.n_threads = n_threads or _usable_cpus()
         self.prefix_cache = prefix_cache
         self._model: LocalModel | None = None
         self._engine: BatchEngine | None = None
-        self._starting = asyncio.Lock()
+        # A thread lock, not an asyncio one: the backend may serve several loops.
+        self._lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        async with self._starting:
-            if self._engine is None:
-                await asyncio.to_thread(self._load)
+        if self._engine is None:
+            await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
+        with self._lock:
+            if self._engine is None:
+                self._load_locked()
+
+    def _load_locked(self) -> None:
         path = self.model_path or default_model_path()
         model = LocalModel(path)
         n_ctx = min(self.n_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else self.n_ctx
@@ -148,15 +154,18 @@ class LlamaCppBackend(Backend):
             engine.stop()
             model.close()
             raise
-        self.model_path, self.n_ctx = path, n_ctx
+        self.model_path, self.n_ctx = path, engine.n_ctx
         self._model, self._engine = model, engine
 
     async def close(self) -> None:
-        async with self._starting:
+        await asyncio.to_thread(self._unload)
+
+    def _unload(self) -> None:
+        with self._lock:
             engine, model = self._engine, self._model
             self._engine = self._model = None
             if engine is not None:
-                await asyncio.to_thread(engine.stop)
+                engine.stop()
             if model is not None:
                 model.close()
 
@@ -166,6 +175,11 @@ class LlamaCppBackend(Backend):
             f"llama.cpp in process: {self.name} ({path}), n_ctx={self.n_ctx}, "
             f"n_parallel={self.n_parallel}, threads={self.n_threads}"
         )
+
+    @property
+    def dimensions(self) -> int | None:
+        """Length of this model's embedding vectors (None until started)."""
+        return self._model.n_embd if self._model else None
 
     @property
     def stats(self) -> EngineStats:
@@ -236,6 +250,13 @@ class LlamaCppBackend(Backend):
     def _sampling(self, body: dict[str, Any], grammar: str | None) -> Sampling:
         if body.get("stream"):
             raise _bad("streaming is not available in a batch", "stream")
+        for key in ("logprobs", "top_logprobs", "tools", "functions"):
+            if body.get(key):  # refused rather than silently answered without them
+                raise _bad(
+                    f"'{key}' is not supported by the embedded model '{self.name}'",
+                    key,
+                    "unsupported_parameter",
+                )
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise _bad("'seed' must be an integer", "seed")
@@ -589,6 +610,11 @@ class LlamaCppBackend(Backend):
                 )
             inputs.append(tokens)
         return inputs
+
+
+def _usable_cpus() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _is_token(value: Any) -> bool:

@@ -1,10 +1,10 @@
 """Continuous batching over llama.cpp's batch API, in one thread that owns the context.
 
 Every request becomes one sequence (n of them for `n` choices) bound to one of
-`n_parallel` slots. Each step packs one llama_batch with the next token of
-every generating sequence plus chunks of the prompts being read, runs one
-llama_decode, and samples each sequence with its own sampler chain; sequences
-that finish free their slot and waiting ones are admitted at the next step.
+`n_parallel` slots. Each step reads the prompts of newly admitted sequences,
+then runs one llama_decode holding the next token of every generating
+sequence, and samples each with its own sampler chain; sequences that finish
+free their slot, and waiting requests take it at the next step.
 
 Each slot owns its own KV stream (kv_unified off) and flash attention is off:
 a sequence then gets bit for bit the logits it would get alone, whatever else
@@ -14,11 +14,11 @@ llama.cpp's CPU flash attention rounds differently with the ubatch size; both
 made greedy answers drift). Attention also reads only its own cells, which is
 faster on CPU than a unified cache.
 
-Prefix reuse: a free slot keeps the KV of the last sequence it ran. A new
+Prefix reuse: a free slot keeps the KV of the last prompt it read. A new
 request goes to the free slot whose cached tokens share the longest prefix with
 its prompt and only the rest is evaluated; when another slot (free or running)
-holds a much longer prefix, its stream is copied over (llama_memory_seq_cp
-across streams copies the whole stream) and trimmed to the shared part.
+holds a longer prefix, its stream is copied over (llama_memory_seq_cp across
+streams copies the whole stream) and trimmed to the shared part.
 """
 
 from __future__ import annotations
@@ -35,29 +35,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overnight.backends.base import TransientError
-from overnight.backends.local_model import LocalModel, LocalModelUnavailable
+from overnight.backends.local_model import (
+    Candidates,
+    LocalModel,
+    LocalModelUnavailable,
+    RequestRejected,
+    Sampling,
+    SequenceSampler,
+)
+
+__all__ = ["BatchEngine", "EmbedJob", "GenerateJob", "Generation", "RequestRejected", "Sampling"]
 
 log = logging.getLogger(__name__)
 
 # A request whose prompt shares this many more tokens with a prompt still being
 # read waits a step and reuses them, rather than reading them again alongside.
 WAIT_FOR_PREFIX_TOKENS = 32
-
-
-class RequestRejected(Exception):
-    """The engine cannot run this request as given (a grammar llama.cpp refuses)."""
-
-
-@dataclass(slots=True)
-class Sampling:
-    max_new: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    grammar: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
 
 
 @dataclass(slots=True)
@@ -108,6 +101,8 @@ class EngineStats:
     prefix_copies: int = 0
     generated_tokens: int = 0
     max_batch_sequences: int = 0
+    split_decodes: int = 0  # decodes llama.cpp cut in several ubatches (holes in seq ids)
+    compactions: int = 0  # sequences moved down to close such a hole
 
 
 class _Sequence:
@@ -125,7 +120,9 @@ class _Sequence:
         "unit",
     )
 
-    def __init__(self, job: GenerateJob, unit: int, seq_id: int, sampler: Any, n_past: int):
+    def __init__(
+        self, job: GenerateJob, unit: int, seq_id: int, sampler: SequenceSampler, n_past: int
+    ):
         self.job = job
         self.unit = unit  # which of the job's n choices
         self.seq_id = seq_id
@@ -210,8 +207,9 @@ class BatchEngine:
         self.n_threads = n_threads
         self.n_batch = max(n_batch, n_parallel)
         self.prefix_cache = prefix_cache
-        # Copying a stream moves all n_ctx cells: worth it only for a long prefix.
-        self.copy_min_tokens = max(32, n_ctx // 64)
+        # Copying a stream moves all its n_ctx cells (about 10 ms for SmolLM2 at
+        # 8192, measured), the cost of reading a few prompt tokens.
+        self.copy_min_tokens = 16
         self.embed_ctx_size = min(embed_ctx, n_ctx)
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[GenerateJob | EmbedJob | None] = queue.SimpleQueue()
@@ -223,6 +221,7 @@ class BatchEngine:
         self._embed_batch: Any = None
         self._pending: deque[tuple[GenerateJob, int]] = deque()
         self._slots = [_Slot(i) for i in range(n_parallel)]
+        self._scratch = Candidates(model)
         self._clock = 0
 
     # -- life cycle (called from outside the engine thread) ----------------------
@@ -340,7 +339,7 @@ class BatchEngine:
         else:
             slot.cached = []
             self.lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-        self.lib.llama_sampler_free(seq.sampler)
+        seq.sampler.close()
 
     # -- admission and prefix reuse ----------------------------------------------
 
@@ -362,7 +361,7 @@ class BatchEngine:
                 continue
             slot, donor, reuse = placed
             try:
-                sampler = self._make_sampler(job.sampling, unit)
+                sampler = SequenceSampler(self.model, job.sampling, unit)
             except RequestRejected as exc:
                 job.failed = True
                 _resolve(job, error=exc)
@@ -413,46 +412,6 @@ class BatchEngine:
             return slot, donor, donated
         return slot, None, own
 
-    # -- sampling --------------------------------------------------------------
-
-    def _make_sampler(self, sampling: Sampling, unit: int) -> Any:
-        lib = self.lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if sampling.presence_penalty or sampling.frequency_penalty:
-            lib.llama_sampler_chain_add(
-                chain,
-                lib.llama_sampler_init_penalties(
-                    self.model.n_vocab,
-                    -1,  # the whole output so far
-                    1.0,
-                    sampling.frequency_penalty,
-                    sampling.presence_penalty,
-                ),
-            )
-        if sampling.grammar is not None:
-            grammar = lib.llama_sampler_init_grammar(
-                self.model.vocab, sampling.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                lib.llama_sampler_free(chain)
-                raise RequestRejected("llama.cpp could not parse the grammar for response_format")
-            lib.llama_sampler_chain_add(chain, grammar)
-        if sampling.temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        # Temperature first, then nucleus on the scaled distribution (OpenAI's order).
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling.temperature))
-        if sampling.top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
-        if sampling.seed is None:
-            seed = lib.LLAMA_DEFAULT_SEED  # llama.cpp picks a random one
-        else:
-            seed = (sampling.seed + unit) & 0xFFFFFFFF
-            if seed == lib.LLAMA_DEFAULT_SEED:
-                seed = 0
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
-
     # -- one decode step ----------------------------------------------------------
 
     def _fill(self, plan: list[tuple[_Sequence, int, int, bool]]) -> list[int]:
@@ -476,20 +435,18 @@ class BatchEngine:
         return outputs
 
     def _step(self) -> None:
-        """One decode of every generating sequence, then prompt chunks, each on its own.
+        """Prompt chunks, each in its own llama_decode, then one for every generating sequence.
 
         Prompts are never read in the same llama_decode as generated tokens, nor
         in pieces of one token: llama.cpp would split them into ubatches whose
         rounding differs from reading the prompt alone, and answers would then
-        depend on the traffic.
+        depend on the traffic. Prompts go first so that a sequence admitted into
+        a free slot already generates in this step's decode: llama.cpp puts only
+        consecutive, increasing seq ids in one ubatch, and a hole in the running
+        slots would split the decode in two.
         """
-        running = self._running()  # in slot order: llama.cpp batches only
-        # consecutive, increasing seq ids in one ubatch
-        generating = [(s, s.n_past, 1, True) for s in running if s.n_past >= s.prompt_len]
-        if generating and not self._decode(generating):
-            return
         budget = self.n_batch
-        for seq in running:
+        for seq in self._running():
             todo = seq.prompt_len - seq.n_past
             if todo <= 0 or seq.job.cancelled:
                 continue
@@ -501,6 +458,38 @@ class BatchEngine:
             budget -= count
             if not self._decode([(seq, seq.n_past, count, count == todo)]):
                 return
+        self._compact()
+        generating = [(s, s.n_past, 1, True) for s in self._running() if s.n_past >= s.prompt_len]
+        if generating:
+            ids = [s.seq_id for s, *_ in generating]
+            self.stats.split_decodes += ids[-1] - ids[0] + 1 != len(ids)
+            self._decode(generating)
+
+    def _compact(self) -> None:
+        """Once nothing waits for a slot, close the holes between running slots.
+
+        The highest running sequence moves into the lowest hole (its stream is
+        copied, which keeps its cell layout and so its answer); the slot it
+        leaves keeps its prompt as a prefix cache. A copy costs a few ms, a hole
+        costs an extra ubatch in every decode until the batch drains.
+        """
+        if self._pending:
+            return
+        while True:
+            running = [slot for slot in self._slots if slot.seq is not None]
+            if not running or running[-1].seq_id - running[0].seq_id + 1 == len(running):
+                return
+            top, first = running[-1], running[0].seq_id
+            hole = next(slot for slot in self._slots[first:] if slot.seq is None)
+            seq = top.seq
+            assert seq is not None
+            self.lib.llama_memory_seq_cp(self._mem, top.seq_id, hole.seq_id, -1, -1)
+            hole.seq, hole.cached, seq.seq_id = seq, [], hole.seq_id
+            top.seq = None
+            top.cached = seq.tokens[: min(seq.n_past, seq.prompt_len)] if self.prefix_cache else []
+            self._clock += 1
+            top.last_used = self._clock
+            self.stats.compactions += 1
 
     def _decode(self, plan: list[tuple[_Sequence, int, int, bool]]) -> bool:
         outputs = self._fill(plan)
@@ -527,7 +516,7 @@ class BatchEngine:
 
     def _sample(self, seq: _Sequence, out: int) -> bool:
         """Sample the next token of `seq`; True when the sequence is finished."""
-        token = self.lib.llama_sampler_sample(seq.sampler, self._ctx, out)
+        token = seq.sampler.sample(self._ctx, out, self._scratch, self.model.is_eog)
         seq.n_generated += 1
         self.stats.generated_tokens += 1
         sampling = seq.job.sampling
