@@ -71,6 +71,9 @@ class Settings:
     initial_concurrency: int = 16
     max_concurrency: int = 256
     cancel_grace_seconds: float = 30.0
+    # Ledger rows of a finished batch (its results are in the output files) and deleted
+    # files' tombstones are removed this many days after the batch or file was created.
+    retention_days: int = 30
     poll_interval: float = 0.2
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     key_cache_seconds: float = 5.0  # a revoked database key stops working within this
@@ -231,6 +234,7 @@ def load(
         "OVERNIGHT_MAX_UPLOAD_BYTES": "max_upload_bytes",
         "OVERNIGHT_MAX_BATCH_FILE_BYTES": "max_batch_file_bytes",
         "OVERNIGHT_MAX_LINE_BYTES": "max_line_bytes",
+        "OVERNIGHT_RETENTION_DAYS": "retention_days",
     }
     float_env = {
         "OVERNIGHT_RETRY_BASE_DELAY": "retry_base_delay",

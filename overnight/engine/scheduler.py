@@ -23,6 +23,7 @@ from overnight.services import Services
 log = logging.getLogger("overnight.scheduler")
 
 HOUSEKEEPING_EVERY = 5.0
+PURGE_EVERY = 3600.0
 
 
 def _still_needed(status: str, what: str, reason: str | None) -> bool:
@@ -42,6 +43,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_housekeeping = 0.0
+        self._last_purge = 0.0
         self._idle = asyncio.Event()
         self.active = 0
 
@@ -174,6 +176,13 @@ class Scheduler:
         for f in await svc.store.files.expired(int(t)):
             await svc.blobs.delete(f.blob_key)
             await svc.store.files.delete(f.id)
+        if t - self._last_purge > PURGE_EVERY:
+            self._last_purge = t
+            cutoff = int(t) - svc.settings.retention_days * 86400
+            purged = await ledger.purge_finished(cutoff)
+            await svc.store.files.purge_tombstones(cutoff)
+            if purged:
+                log.info("removed %d ledger rows of batches finished long ago", purged)
 
     async def run_until_idle(self, timeout: float = 60.0) -> None:
         """Burst mode: return once no batch is open (tests, one-shot runs)."""

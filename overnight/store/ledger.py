@@ -22,6 +22,7 @@ from overnight.store.schema import batches, requests
 log = logging.getLogger("overnight.ledger")
 
 _LIVE = ("validating", "in_progress", "finalizing", "cancelling")
+_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass(slots=True)
@@ -319,6 +320,15 @@ class Ledger:
             if len(rows) < page:
                 return
             last = rows[-1].line
+
+    async def purge_finished(self, created_before: int) -> int:
+        """Drop the rows of terminal batches created before `created_before` (unix s)."""
+        old = select(batches.c.seq).where(
+            batches.c.status.in_(_TERMINAL), batches.c.created_at < created_before
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(requests).where(requests.c.batch_seq.in_(old)))
+            return int(result.rowcount or 0)
 
     async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]:
         query = (

@@ -186,3 +186,23 @@ async def test_requests_sharing_a_prefix_are_sent_together(tmp_path: Path) -> No
         order = [r["body"]["messages"][0]["content"] for r in up.received(300)]
     switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
     assert switches == 2  # interleaved in the file, three runs on the wire
+
+
+async def test_retention_purges_old_ledger_rows_and_tombstones(tmp_path: Path) -> None:
+    async with (
+        StubServer(StubConfig()) as up,
+        running_engine(tmp_path, route(up.url)) as (
+            svc,
+            _,
+        ),
+    ):
+        old = await wait_for(svc, await submit(svc, chat_lines(5, tag="old")), terminal)
+        new = await wait_for(svc, await submit(svc, chat_lines(5, tag="new")), terminal)
+        await svc.store.batches.set_values(old.id, created_at=1000)
+        old_seq = (await svc.store.batches.row(old.id)).seq
+        new_seq = (await svc.store.batches.row(new.id)).seq
+        assert await svc.store.ledger.purge_finished(created_before=2000) == 5
+        assert (await svc.store.ledger.counts(old_seq))[0].total == 0
+        assert (await svc.store.ledger.counts(new_seq))[0].total == 5
+        # The output files outlive the ledger rows.
+        assert len(await result_lines(svc, old.output_file_id)) == 5
