@@ -82,7 +82,9 @@ async def test_aimd_backs_off_when_the_upstream_is_saturated(tmp_path: Path) -> 
     # The upstream refuses (429) whatever is beyond 6 requests at once; overnight is not told.
     async with (
         StubServer(StubConfig(max_concurrency=6, latency=0.02)) as up,
-        running_engine(tmp_path, route(up.url, max_concurrency=64), max_attempts=20) as (
+        running_engine(
+            tmp_path, route(up.url, max_concurrency=64), max_attempts=20, retry_base_delay=0.5
+        ) as (
             svc,
             sched,
         ),
