@@ -146,7 +146,8 @@ class Lane:
                 self._has_work.set()  # refill before the queue runs dry
             self.busy += 1
             try:
-                await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
+                if limiter.gated:
+                    await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
                 if item.batch.seq not in self.batches:
                     # Stopped (cancel, expiry) while waiting: never sent.
                     await self.ledger.release(self.owner, [item.req.id])

@@ -83,6 +83,11 @@ class Limiter:
     def current(self) -> int:
         return max(self.floor, int(self.limit))
 
+    @property
+    def gated(self) -> bool:
+        """Whether `gate` could wait at all (skipping the call is the common, fast case)."""
+        return self.rpm is not None or self.tpm is not None or self.paused_until > time.monotonic()
+
     async def gate(self, tokens: int = 0) -> None:
         """Wait out a pause and the static rate buckets before sending one request."""
         while (wait := self.paused_until - time.monotonic()) > 0:

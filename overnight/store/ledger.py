@@ -72,6 +72,13 @@ _RECORD_SQL = (
     f" WHERE id = ? AND lease_owner = ? AND state = {int(RequestState.LEASED)}"
 )
 
+_CLAIM_SQL = (
+    f"UPDATE requests SET state = {int(RequestState.LEASED)}, lease_owner = ?, lease_until = ?"
+    " WHERE id IN (SELECT id FROM requests WHERE batch_seq = ?"
+    f" AND state = {int(RequestState.PENDING)} ORDER BY id LIMIT ?{{lock}})"
+    " RETURNING id, line, custom_id, body, attempts"
+)
+
 # Finalization reads every row once; plain tuples skip SQLAlchemy's row processing.
 _RESULTS_SQL = (
     "SELECT line, custom_id, state, status_code, response, error, upstream_request_id"
@@ -108,6 +115,9 @@ class Ledger:
         self._insert_sql = _placeholders(_INSERT_SQL, style)
         self._record_sql = _placeholders(_RECORD_SQL, style)
         self._results_sql = _placeholders(_RESULTS_SQL, style)
+        # Several processes claim from one PostgreSQL ledger; SQLite has one writer.
+        lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
+        self._claim_sql = _placeholders(_CLAIM_SQL.format(lock=lock), style)
 
     async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
         if not lines:
@@ -124,29 +134,11 @@ class Ledger:
         self, batch_seq: int, owner: str, limit: int, lease_until: float
     ) -> list[Claimed]:
         """Lease up to `limit` pending requests of a batch, in file order."""
-        picked = (
-            select(requests.c.id)
-            .where(requests.c.batch_seq == batch_seq, requests.c.state == RequestState.PENDING)
-            .order_by(requests.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        query = (
-            update(requests)
-            .where(requests.c.id.in_(picked))
-            .values(state=RequestState.LEASED, lease_owner=owner, lease_until=lease_until)
-            .returning(
-                requests.c.id,
-                requests.c.line,
-                requests.c.custom_id,
-                requests.c.body,
-                requests.c.attempts,
-            )
-        )
+        params = (owner, lease_until, batch_seq, limit)
         async with self.engine.begin() as conn:
-            rows = sorted((await conn.execute(query)).all(), key=lambda r: r.id)
-        return [Claimed(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
+            result = await conn.exec_driver_sql(self._claim_sql, params)
+            rows: list[Any] = sorted(result.fetchall(), key=lambda r: r[0])
+        return [Claimed(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
 
     async def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
         """Store results and bump the batches' live counters in one transaction."""
