@@ -100,7 +100,3 @@ class TooManyRequests(OvernightError):
 
 class ConfigError(OvernightError):
     """The configuration is not valid."""
-
-
-class StoreError(OvernightError):
-    """The metadata store failed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,6 @@ class Settings:
         if self.embedded_by_default and not self.routes:
             return Route(name=DEFAULT_ROUTE, embedded=True)
         return None
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def normalize_database_url(url: str) -> str:

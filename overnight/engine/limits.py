@@ -146,10 +146,3 @@ class Limiter:
                 reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     self.pause(reset)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "limit": self.current,
-            "paused_for": max(0.0, round(self.paused_until - time.monotonic(), 3)),
-            "overloads": self.overloads,
-        }

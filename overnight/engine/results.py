@@ -29,17 +29,12 @@ class ResultSink:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.written = 0
         self.on_flush: Callable[[], None] | None = None
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
         if len(self._buffer) >= self.flush_max:
             self._wake.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="overnight-results")
@@ -56,7 +51,6 @@ class ResultSink:
             chunk, self._buffer = self._buffer[: self.flush_max], self._buffer[self.flush_max :]
             try:
                 await self.ledger.record(self.owner, chunk)
-                self.written += len(chunk)
                 if self.on_flush is not None and not self._buffer:
                     self.on_flush()
             except Exception:

@@ -36,7 +36,6 @@ class Runner:
         self.lanes: dict[str, Lane] = {}
         s = svc.settings
         self.sink = ResultSink(svc.store.ledger, svc.owner, s.flush_interval, s.flush_max)
-        self.sent = 0
 
     def start(self) -> None:
         self.sink.start()
@@ -100,7 +99,6 @@ class Runner:
         """Send one request once; record its outcome, or queue it again after a backoff."""
         req = item.req
         req.attempts += 1
-        self.sent += 1
         epoch = lane.limiter.epoch
         stats = route_stats(lane.key)
         started = stats.sent()

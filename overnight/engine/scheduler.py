@@ -44,8 +44,6 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._last_housekeeping = 0.0
         self._last_purge = 0.0
-        self._idle = asyncio.Event()
-        self.active = 0
 
     async def start(self) -> None:
         if self.svc.store.single_process:
@@ -111,12 +109,7 @@ class Scheduler:
                     pending, leased = await svc.store.ledger.open_count(row.seq)
                     if pending == 0 and leased == 0:
                         self._start_job(row, "finalize")
-        self.active = len(rows)
         await self.runner.set_active(runnable)
-        if not rows:
-            self._idle.set()
-        else:
-            self._idle.clear()
 
     async def _stop_when_quiet(self, row: Any, reason: str, since: int | None) -> None:
         """Let requests in flight finish, up to the grace period, then finalize."""
@@ -183,18 +176,6 @@ class Scheduler:
             await svc.store.files.purge_tombstones(cutoff)
             if purged:
                 log.info("removed %d ledger rows of batches finished long ago", purged)
-
-    async def run_until_idle(self, timeout: float = 60.0) -> None:
-        """Burst mode: return once no batch is open (tests, one-shot runs)."""
-        self.wake()
-        await asyncio.wait_for(self._wait_idle(), timeout)
-
-    async def _wait_idle(self) -> None:
-        while True:
-            await self._idle.wait()
-            if not self._jobs:
-                return
-            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self._task:

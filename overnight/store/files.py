@@ -74,14 +74,6 @@ class FileRepo:
             rows = (await conn.execute(query.limit(limit + 1))).all()
         return [_file(r) for r in rows[:limit]], len(rows) > limit
 
-    async def set_status(self, file_id: str, status: str, details: str | None) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(files)
-                .where(files.c.id == file_id)
-                .values(status=status, status_details=details)
-            )
-
     async def delete(self, file_id: str) -> None:
         """Keep a tombstone row: a client deleting while it pages may pass this id as `after`."""
         async with self.engine.begin() as conn:
