@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from overnight.testing.server_process import OvernightProcess
+from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
 
 API_KEY = "sk-tools-test"
 PROJECT = "tools"
@@ -25,15 +26,6 @@ input_per_million = 2.0
 output_per_million = 8.0
 batch_discount = 0.5
 """
-
-
-def chat_line(custom_id: str, text: str = "hello", model: str = "gpt-test") -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
-    }
 
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:

@@ -15,6 +15,7 @@ from openai import AzureOpenAI, OpenAI
 
 from overnight.testing.server_process import OvernightProcess
 from overnight.testing.upstream_stub import StubServer
+from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
 
 API_KEY = "test"
 AZURE_API_VERSION = "2024-10-21"
@@ -120,21 +121,6 @@ def server_env(
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def chat_line(
-    custom_id: str,
-    text: str = "hello",
-    model: str = "gpt-test",
-    url: str = "/v1/chat/completions",
-    **body: Any,
-) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": url,
-        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
-    }
 
 
 def jsonl(lines: list[Any]) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from overnight.testing.server_process import OvernightProcess
+from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
 
 ENV_KEYS = {
     "alpha": "sk-alpha-0123456789abcdef",
@@ -98,15 +99,6 @@ class Blackhole:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def chat_line(custom_id: str, text: str = "hello", model: str = "gpt-test") -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
-    }
 
 
 def jsonl(lines: list[Any]) -> bytes:
