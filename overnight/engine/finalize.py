@@ -11,7 +11,6 @@ from overnight.blobs.base import BlobWriter
 from overnight.jsonl import request_id, result_line
 from overnight.models import BatchStatus, File, RequestState, new_file_id, now
 from overnight.services import Services
-from overnight.store.schema import files as files_table
 from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.finalize")
@@ -151,20 +150,7 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
     from_states = [BatchStatus.FINALIZING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]
     async with svc.store.engine.begin() as conn:
         for f in new_files:
-            await conn.execute(
-                files_table.insert().values(
-                    id=f.id,
-                    project=f.project,
-                    purpose=f.purpose,
-                    filename=f.filename,
-                    bytes=f.bytes,
-                    created_at=f.created_at,
-                    expires_at=f.expires_at,
-                    status=f.status,
-                    status_details=None,
-                    blob_key=f.blob_key,
-                )
-            )
+            await svc.store.files.add(f, conn)
         done = await svc.store.batches.transition(row.id, from_states, conn=conn, **values)
         if not done:
             await conn.rollback()

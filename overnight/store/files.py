@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from overnight.models import File
 from overnight.store.schema import files
@@ -35,9 +35,14 @@ class FileRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def add(self, f: File) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(files).values({c: getattr(f, c) for c in _COLUMNS}))
+    async def add(self, f: File, conn: AsyncConnection | None = None) -> None:
+        """Insert `f`, inside the caller's transaction when one is given."""
+        query = insert(files).values({c: getattr(f, c) for c in _COLUMNS})
+        if conn is not None:
+            await conn.execute(query)
+            return
+        async with self.engine.begin() as c:
+            await c.execute(query)
 
     async def get(self, file_id: str, project: str | None = None) -> File | None:
         query = select(files).where(files.c.id == file_id, files.c.status != DELETED)
