@@ -1,8 +1,9 @@
 """An OpenAI-compatible model server over HTTP (vLLM, SGLang, llama.cpp, Ollama, OpenAI, Azure).
 
-One aiohttp session per route. A route may list several replicas of the same
-server: each request goes to the healthy replica with the fewest requests
-outstanding, and a replica that fails to connect is avoided for a while.
+One keep-alive connection pool per replica (`http1.ConnectionPool`). A route
+may list several replicas of the same server: each request goes to the healthy
+replica with the fewest requests outstanding, and a replica that fails to
+connect is avoided for a while.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import email.utils
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
 from overnight.backends.base import Backend, Response, TransientError
+from overnight.backends.http1 import ConnectionPool, ProtocolError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524})
 OVERLOAD_STATUS = frozenset({429, 503})
 MAX_ERROR_TEXT = 2000
+_URL_SAFE = "/%:@!$&'()*+,;=~-._?"
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -48,10 +50,21 @@ def parse_retry_after(headers: Any) -> float | None:
 @dataclass
 class _Replica:
     base: str
+    path: str  # the base URL's path, without a trailing slash
     query: str
+    pool: ConnectionPool
     outstanding: int = 0
     failures: int = 0
     down_until: float = 0.0
+
+    @classmethod
+    def from_url(cls, url: str) -> _Replica:
+        parts = urlsplit(url)
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        # Percent-encode what a config may hold raw, so the request line stays valid HTTP.
+        path = quote(parts.path.rstrip("/"), safe=_URL_SAFE)
+        return cls(base, path, quote(parts.query, safe=_URL_SAFE), ConnectionPool(origin))
 
 
 def redact_url(url: str) -> str:
@@ -60,12 +73,6 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _split_base(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-    return base, parts.query
 
 
 class OpenAIHTTPBackend(Backend):
@@ -79,29 +86,19 @@ class OpenAIHTTPBackend(Backend):
     ) -> None:
         if not urls:
             raise ValueError("an HTTP backend needs at least one URL")
-        self.replicas = [_Replica(*_split_base(u)) for u in urls]
+        self.replicas = [_Replica.from_url(u) for u in urls]
         self.timeout = timeout
         self.upstream_model = upstream_model
-        self._headers = {"content-type": "application/json", "user-agent": "overnight"}
+        lines = ["Content-Type: application/json", "User-Agent: overnight"]
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-            self._headers["api-key"] = api_key
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=10),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                skip_auto_headers=("User-Agent",),
-            )
+            if any(c in api_key for c in "\r\n\0"):
+                raise ValueError("the upstream API key holds a line break or NUL")
+            lines += [f"Authorization: Bearer {api_key}", f"api-key: {api_key}"]
+        self._headers = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for replica in self.replicas:
+            await replica.pool.close()
 
     def describe(self) -> str:
         return "OpenAI-compatible HTTP " + ", ".join(redact_url(r.base) for r in self.replicas)
@@ -124,25 +121,19 @@ class OpenAIHTTPBackend(Backend):
         return await self._post(endpoint, body)
 
     async def _post(self, endpoint: str, data: bytes) -> Response:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
         replica = self._pick()
         path = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
-        url = replica.base + path + (f"?{replica.query}" if replica.query else "")
+        target = replica.path + path + (f"?{replica.query}" if replica.query else "")
         replica.outstanding += 1
         try:
-            async with self._session.post(url, data=data, headers=self._headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
+            answer = await replica.pool.post(target, self._headers, data, self.timeout)
         except TimeoutError:
             raise TransientError(
                 f"The upstream did not answer within {self.timeout:g} s.",
                 overloaded=True,
                 code="request_timeout",
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (ProtocolError, OSError) as exc:
             replica.failures += 1
             replica.down_until = time.monotonic() + min(30.0, 0.5 * 2 ** min(replica.failures, 6))
             raise TransientError(
@@ -152,7 +143,7 @@ class OpenAIHTTPBackend(Backend):
             replica.outstanding -= 1
         replica.failures = 0
         replica.down_until = 0.0
-        return _interpret(status, raw, headers)
+        return _interpret(answer.status, answer.body, answer.headers)
 
 
 def _interpret(status: int, raw: bytes, headers: Any) -> Response:

@@ -1,0 +1,268 @@
+"""A lean HTTP/1.1 client for the engine's one hot call: POST a JSON body, read the answer.
+
+aiohttp's general-purpose request path cost more CPU per request than all the
+rest of the engine together (profiled in bench/README.md), and on a small
+machine that CPU is taken from the model server next door. This client does
+only what an upstream call needs: keep-alive connections per origin, llhttp
+(through httptools) to parse, content-length / chunked / read-to-close bodies,
+gzip and deflate, TLS, a cap on the answer's size and one deadline per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+import zlib
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+KEEPALIVE_SECONDS = 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class ProtocolError(Exception):
+    """The upstream's bytes are not a usable HTTP answer (garbage, too large, cut short)."""
+
+
+@dataclass(slots=True)
+class HTTPResponse:
+    status: int
+    headers: dict[str, str]  # names in lower case; repeated headers joined with ", "
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; carries one exchange at a time."""
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[HTTPResponse] | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._headers: dict[str, str] = {}
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._headers_done = False
+        self._to_close = False  # the answer's end is the end of the connection
+        self._keep_alive = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is None or self.waiter.done():
+            return
+        if self._headers_done and self._to_close:
+            self._keep_alive = False
+            self._finish()
+        else:
+            self._fail(ConnectionResetError("the upstream closed the connection mid-answer"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            # Bytes nobody asked for: the connection's framing can no longer be trusted.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the upstream switched protocols"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"the upstream's answer is not valid HTTP: {exc}"))
+            self.close()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.waiter is None:
+            # A second answer to one request: the framing can no longer be trusted.
+            raise ProtocolError("unsolicited answer")  # data_received closes
+        self._headers = {}
+        self._chunks = []
+        self._size = 0
+        self._headers_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        old = self._headers.get(key)
+        self._headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        h = self._headers
+        self._to_close = "content-length" not in h and "transfer-encoding" not in h
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.max_body:
+            self._fail(ProtocolError(f"the upstream's answer is larger than {self.max_body} bytes"))
+            raise ProtocolError("answer too large")  # stops the parser; data_received closes
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        self._keep_alive = self.parser.should_keep_alive()
+        self._finish()
+
+    # -- the exchange
+
+    def _finish(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is None or waiter.done():
+            return
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            body = _decode(body, self._headers.get("content-encoding"))
+        except zlib.error:
+            waiter.set_exception(ProtocolError("the upstream's compressed answer is corrupt"))
+            return
+        waiter.set_result(HTTPResponse(self.parser.get_status_code(), self._headers, body))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def send(self, data: list[bytes]) -> asyncio.Future[HTTPResponse]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.writelines(data)
+        return self.waiter
+
+    @property
+    def reusable(self) -> bool:
+        return self._keep_alive and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _decode(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:
+            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+    raise zlib.error(f"unsupported content-encoding {encoding!r}")
+
+
+class ConnectionPool:
+    """Keep-alive connections to one origin (scheme, host, port); no limit on their number.
+
+    The engine bounds concurrency itself, so the pool opens a connection whenever
+    none is idle. The most recently used idle connection is taken first: it is
+    the least likely to have been closed by the server's keep-alive timer.
+    """
+
+    def __init__(
+        self,
+        origin: str,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        keepalive: float = KEEPALIVE_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {origin!r}")
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        default_port = self.port == (443 if self.tls else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (host if default_port else f"{host}:{self.port}").encode("idna")
+        self.max_body = max_body
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._all: set[_Connection] = set()
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        max_body = self.max_body
+        async with asyncio.timeout(self.connect_timeout):
+            _transport, conn = await loop.create_connection(
+                lambda: _Connection(max_body),
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self.tls else None,
+            )
+        self._all.add(conn)
+        return conn
+
+    def _take_idle(self) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+            self._all.discard(conn)
+        return None
+
+    def _put_back(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        conn.idle_since = now
+        idle = self._idle
+        idle.append(conn)
+        while idle and now - idle[0].idle_since > self.keepalive:
+            old = idle.popleft()
+            old.close()
+            self._all.discard(old)
+
+    async def post(self, target: str, headers: bytes, body: bytes, timeout: float) -> HTTPResponse:
+        """POST `body` to `target` (path and query); `headers` are complete CRLF-ended lines."""
+        conn: _Connection | None = None
+        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            target.encode("latin-1"),
+            self.host_header,
+            len(body),
+            headers,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                conn = self._take_idle() or await self._connect()
+                response = await conn.send([head, body])
+        except BaseException:
+            # An exchange that did not finish leaves the connection's framing unknown.
+            if conn is not None:
+                conn.close()
+                self._all.discard(conn)
+            raise
+        if conn.reusable:
+            self._put_back(conn)
+        else:
+            conn.close()
+            self._all.discard(conn)
+        return response
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
