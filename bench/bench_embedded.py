@@ -4,7 +4,10 @@ Run by hand from the repository root:
 
     .venv/bin/python bench/bench_embedded.py [--n-parallel 8 32] [--tasks triage reply]
 
-Both sides run the same model (SmolLM2-135M-Instruct Q4_1 by default), the same
+Both sides run the same model file (by default the one overnight runs: the
+carried SmolLM2-135M-Instruct Q4_1 widened to Q8_0, see
+overnight/backends/model_cache.py; the loop also runs on the carried Q4_1 file
+itself, for reference), the same
 64 chat prompts (one shared system prompt, a different customer message each),
 max_tokens 64, greedy decoding, on the same threads, in one run; the script
 prints generated tokens per second side by side with their ratio:
@@ -21,14 +24,17 @@ prints generated tokens per second side by side with their ratio:
 Two tasks: "triage" asks for two or three sentences (answers stop on their own,
 about 35 tokens, so reading the prompts is a large share of the work), "reply"
 asks for a long answer (almost every request runs to max_tokens). Every
-configuration runs --rounds times, interleaved, and the best rate is kept: on
-a shared machine the other load only ever makes a run slower.
+configuration runs --rounds times, interleaved, each time in a fresh process,
+and the best rate is kept: on a shared machine the other load only ever makes
+a run slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -42,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from overnight.backends.base import CHAT
 from overnight.backends.llamacpp import LlamaCppBackend, default_model_path
 from overnight.backends.local_model import import_llama_cpp
+from overnight.backends.model_cache import batched_weights
 
 SYSTEMS = {
     "triage": (
@@ -107,12 +114,16 @@ def run_sequential(
     return elapsed, tokens, texts
 
 
-async def run_batched(
+def run_batched(*args: Any) -> tuple[float, int, list[str], Any]:
+    """`_batched` with its own event loop (it runs in a fresh process, see `isolated`)."""
+    return asyncio.run(_batched(*args))
+
+
+async def _batched(
     path: str,
     conversations: list[Any],
     max_tokens: int,
     threads: int,
-    *,
     n_parallel: int,
     prefix_cache: bool,
 ) -> tuple[float, int, list[str], Any]:
@@ -138,6 +149,13 @@ async def run_batched(
     )
     texts = [r.body["choices"][0]["message"]["content"] for r in responses]
     return elapsed, tokens, texts, stats
+
+
+def isolated(fn: Any, *args: Any) -> Any:
+    """Run one measurement in a fresh process: no thread pool or heap left by the last."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def raw_decode_limit(path: str, threads: int, n_seq: int, steps: int = 64) -> float:
@@ -180,9 +198,11 @@ def raw_decode_limit(path: str, threads: int, n_seq: int, steps: int = 64) -> fl
     return n_seq * steps / elapsed
 
 
-def bench_task(path: str, task: str, args: argparse.Namespace) -> None:
+def bench_task(path: str, carried: str | None, task: str, args: argparse.Namespace) -> None:
     conversations = prompts(args.requests, task)
     runs: list[tuple[str, int | None, bool]] = [("sequential", None, True)]
+    if carried:
+        runs.append(("sequential, carried file", None, True))
     runs += [(f"LlamaCppBackend n_parallel={n}", n, True) for n in args.n_parallel]
     first = args.n_parallel[0]
     runs.append((f"LlamaCppBackend n_parallel={first}, no prefix cache", first, False))
@@ -191,21 +211,25 @@ def bench_task(path: str, task: str, args: argparse.Namespace) -> None:
     for _ in range(args.rounds):
         for label, n_parallel, prefix_cache in runs:
             if n_parallel is None:
-                secs, tokens, texts = run_sequential(
-                    path, conversations, args.max_tokens, args.threads
+                secs, tokens, texts = isolated(
+                    run_sequential,
+                    carried if carried and label != "sequential" else path,
+                    conversations,
+                    args.max_tokens,
+                    args.threads,
                 )
                 note = ""
-                reference = reference or texts
+                if label == "sequential":
+                    reference = reference or texts
             else:
-                secs, tokens, texts, stats = asyncio.run(
-                    run_batched(
-                        path,
-                        conversations,
-                        args.max_tokens,
-                        args.threads,
-                        n_parallel=n_parallel,
-                        prefix_cache=prefix_cache,
-                    )
+                secs, tokens, texts, stats = isolated(
+                    run_batched,
+                    path,
+                    conversations,
+                    args.max_tokens,
+                    args.threads,
+                    n_parallel,
+                    prefix_cache,
                 )
                 same = sum(a == b for a, b in zip(texts, reference, strict=True))
                 note = (
@@ -220,7 +244,10 @@ def bench_task(path: str, task: str, args: argparse.Namespace) -> None:
     print(f"  {'':50} {'tokens':>6} {'tok/s':>7} {'ratio':>6}")
     for label, _, _ in runs:
         rate, tokens, note = best[label]
-        name = "Llama.create_chat_completion, one at a time" if label == "sequential" else label
+        name = {
+            "sequential": "Llama.create_chat_completion, one at a time",
+            "sequential, carried file": "  the same, on the carried Q4_1 file",
+        }.get(label, label)
         print(f"  {name:50} {tokens:6d} {rate:7.1f} {rate / base:5.2f}x  {note}")
     print()
 
@@ -229,17 +256,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--n-parallel", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--n-parallel", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--tasks", nargs="+", choices=sorted(SYSTEMS), default=["triage", "reply"])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats; best kept")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M)")
     args = parser.parse_args()
-    path = args.model or default_model_path()
+    carried = None if args.model else default_model_path()
+    path = args.model or batched_weights(default_model_path())
     print(f"machine: {cpu_name()}, {args.threads} threads; model: {Path(path).name}")
     print(f"best of {args.rounds} interleaved rounds; load average before: {os.getloadavg()}\n")
     for task in args.tasks:
-        bench_task(path, task, args)
+        bench_task(path, carried, task, args)
     for n_seq in sorted({1, *args.n_parallel}):
         rate = raw_decode_limit(path, args.threads, n_seq)
         print(f"raw llama_decode, {n_seq:2d} sequence(s) x 1 token per step: {rate:7.1f} tok/s")

@@ -35,6 +35,7 @@ class Route:
     upstream_model: str | None = None  # rewrite body.model to this
     gguf: str | None = None  # a local GGUF file: run in process
     embedded: bool = False  # the embedded default model
+    n_ctx: int | None = None  # in-process models: tokens per sequence (prompt + answer)
     rpm: int | None = None
     tpm: int | None = None
 
@@ -134,6 +135,7 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
             "rpm",
             "tpm",
             "embedded",
+            "n_ctx",
         }
         unknown = set(spec) - known
         if unknown:
@@ -151,6 +153,11 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
             raise ConfigError(
                 f"config: [models.{name!r}] needs one of url, urls, gguf or embedded = true"
             )
+        n_ctx = spec.get("n_ctx")
+        if n_ctx is not None and (
+            not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 64
+        ):
+            raise ConfigError(f"config: [models.{name!r}] n_ctx must be a whole number >= 64")
         routes.append(
             Route(
                 name=name,
@@ -162,6 +169,7 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
                 upstream_model=spec.get("model"),
                 gguf=spec.get("gguf"),
                 embedded=bool(spec.get("embedded", False)),
+                n_ctx=n_ctx,
                 rpm=spec.get("rpm"),
                 tpm=spec.get("tpm"),
             )

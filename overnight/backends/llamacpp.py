@@ -41,6 +41,7 @@ from overnight.backends.local_model import (
     json_object_grammar,
     json_schema_grammar,
 )
+from overnight.backends.model_cache import batched_weights
 from overnight.errors import InvalidRequest
 
 __all__ = ["LlamaCppBackend", "LocalModelUnavailable", "default_model_path"]
@@ -108,8 +109,11 @@ class LlamaCppBackend(Backend):
         model_path: str | None = None,
         *,
         name: str = "smollm2",
-        n_ctx: int = 8192,
-        n_parallel: int = 8,
+        # 32 sequences of 2,048 tokens: SmolLM2's KV cache then takes 1.5 GiB. Batching
+        # pays up to 32-64 sequences on a CPU (bench/README.md); longer prompts need
+        # `n_ctx` in the route's config.
+        n_ctx: int = 2048,
+        n_parallel: int = 32,
         n_threads: int | None = None,
         prefix_cache: bool = True,
     ) -> None:
@@ -138,7 +142,7 @@ class LlamaCppBackend(Backend):
                 self._load_locked()
 
     def _load_locked(self) -> None:
-        path = self.model_path or default_model_path()
+        path = self.model_path or batched_weights(default_model_path())
         model = LocalModel(path)
         n_ctx = min(self.n_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else self.n_ctx
         engine = BatchEngine(

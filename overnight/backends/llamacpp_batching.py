@@ -345,17 +345,24 @@ class BatchEngine:
 
     def _admit(self) -> None:
         deferred: list[tuple[GenerateJob, int]] = []
-        # Streams copied from or into this round: their copies happen at the next
-        # decode, so they are neither sources nor destinations again until then.
-        busy: set[int] = set()
+        # Copies between streams happen at the next decode. A stream filled this round
+        # holds nothing yet, so it is no source; a stream copied from may serve many
+        # new sequences this round (all of them at once when a batch starts) but is
+        # not overwritten before its copies are made.
+        sources: set[int] = set()
+        filled: set[int] = set()
         while self._pending:
-            free = [slot for slot in self._slots if slot.seq is None and slot.seq_id not in busy]
+            free = [
+                slot
+                for slot in self._slots
+                if slot.seq is None and slot.seq_id not in filled and slot.seq_id not in sources
+            ]
             if not free:
                 break
             job, unit = self._pending.popleft()
             if job.cancelled or job.failed:
                 continue
-            placed = self._place(job.prompt, free, busy)
+            placed = self._place(job.prompt, free, filled)
             if placed is None:
                 deferred.append((job, unit))
                 continue
@@ -369,16 +376,16 @@ class BatchEngine:
             if donor is not None:  # the whole stream is copied, then trimmed
                 self.lib.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, -1, -1)
                 self.stats.prefix_copies += 1
-                busy.add(donor.seq_id)
+                sources.add(donor.seq_id)
             self.lib.llama_memory_seq_rm(self._mem, slot.seq_id, reuse if reuse else -1, -1)
             self.stats.prompt_tokens_reused += reuse
             slot.seq = _Sequence(job, unit, slot.seq_id, sampler, reuse)
             slot.cached = []
-            busy.add(slot.seq_id)
+            filled.add(slot.seq_id)
         self._pending.extendleft(reversed(deferred))
 
     def _place(
-        self, prompt: list[int], free: list[_Slot], busy: set[int]
+        self, prompt: list[int], free: list[_Slot], filled: set[int]
     ) -> tuple[_Slot, _Slot | None, int] | None:
         """(slot, slot to copy from or None, tokens reused), or None to wait a step."""
         if not self.prefix_cache:
@@ -401,7 +408,7 @@ class BatchEngine:
             if other.seq is not None:  # a prompt still being read will hold more soon
                 reading = min(limit, other.seq.prompt_len)
                 coming = max(coming, common_prefix(tokens, prompt, reading))
-            if other.seq_id in busy:
+            if other.seq_id in filled:
                 continue
             n = common_prefix(tokens, prompt, min(limit, held))
             if n > donated:
@@ -435,28 +442,26 @@ class BatchEngine:
         return outputs
 
     def _step(self) -> None:
-        """Prompt chunks, each in its own llama_decode, then one for every generating sequence.
+        """Prompt chunks first, then one llama_decode for every generating sequence.
 
         Prompts are never read in the same llama_decode as generated tokens, nor
         in pieces of one token: llama.cpp would split them into ubatches whose
         rounding differs from reading the prompt alone, and answers would then
-        depend on the traffic. Prompts go first so that a sequence admitted into
+        depend on the traffic. Prompts waiting to be read are read together, in
+        chunks of one length per decode: llama.cpp cuts a decode into ubatches
+        holding as many tokens of each sequence, so equal chunks are never cut
+        into one-token pieces. Prompts go first so that a sequence admitted into
         a free slot already generates in this step's decode: llama.cpp puts only
         consecutive, increasing seq ids in one ubatch, and a hole in the running
         slots would split the decode in two.
         """
         budget = self.n_batch
-        for seq in self._running():
-            todo = seq.prompt_len - seq.n_past
-            if todo <= 0 or seq.job.cancelled:
-                continue
-            if budget < min(todo, 2):
+        while budget >= 2:
+            plan = self._prompt_chunks(budget)
+            if not plan:
                 break
-            count = min(todo, budget)
-            if todo - count == 1:
-                count -= 1  # leave two tokens, never one, for the next chunk
-            budget -= count
-            if not self._decode([(seq, seq.n_past, count, count == todo)]):
+            budget -= sum(count for _, _, count, _ in plan)
+            if not self._decode(plan):
                 return
         self._compact()
         generating = [(s, s.n_past, 1, True) for s in self._running() if s.n_past >= s.prompt_len]
@@ -464,6 +469,29 @@ class BatchEngine:
             ids = [s.seq_id for s, *_ in generating]
             self.stats.split_decodes += ids[-1] - ids[0] + 1 != len(ids)
             self._decode(generating)
+
+    def _prompt_chunks(self, budget: int) -> list[tuple[_Sequence, int, int, bool]]:
+        """One decode's worth of prompt reading: the same number of tokens from each prompt.
+
+        A prompt never has a single token left over for a later chunk (see
+        `_step`); the prompts whose rest would be one token wait for the next
+        decode, where they are read whole.
+        """
+        todo = {
+            s: s.prompt_len - s.n_past
+            for s in self._running()
+            if s.n_past < s.prompt_len and not s.job.cancelled
+        }
+        if not todo:
+            return []
+        length = min(min(todo.values()), budget)
+        while length >= 2:
+            members = [s for s, t in todo.items() if t == length or t >= length + 2]
+            if members:
+                members = members[: budget // length]
+                return [(s, s.n_past, length, todo[s] == length) for s in members]
+            length -= 1
+        return []
 
     def _compact(self) -> None:
         """Once nothing waits for a slot, close the holes between running slots.

@@ -25,6 +25,8 @@ def build_backend(route: Route) -> Backend:
     kwargs: dict[str, Any] = {}
     if route.max_concurrency:
         kwargs["n_parallel"] = route.max_concurrency
+    if route.n_ctx:
+        kwargs["n_ctx"] = route.n_ctx
     return LlamaCppBackend(route.gguf, name=route.name, **kwargs)
 
 

@@ -43,6 +43,8 @@ def test_config_routes(tmp_path: Path) -> None:
         ("[models.a]\nmax_concurrency = 2\n", "needs one of"),
         ('[models.a]\nurl = "x"\napi_key_env = "NOPE"\n', "NOPE"),
         ("not toml [", "not valid TOML"),
+        ('[models.a]\ngguf = "m.gguf"\nn_ctx = 10\n', "n_ctx must be"),
+        ('[models.a]\ngguf = "m.gguf"\nn_ctx = "4096"\n', "n_ctx must be"),
     ],
 )
 def test_bad_config_says_what_to_fix(tmp_path: Path, text: str, message: str) -> None:
@@ -50,6 +52,19 @@ def test_bad_config_says_what_to_fix(tmp_path: Path, text: str, message: str) ->
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load(config_file=cfg, env={})
+
+
+def test_in_process_route_sizes(tmp_path: Path) -> None:
+    from overnight.backends.llamacpp import LlamaCppBackend
+    from overnight.backends.router import build_backend
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[models.g]\ngguf = "m.gguf"\nn_ctx = 4096\nmax_concurrency = 16\n')
+    route = load(config_file=cfg, env={}).route_for("g")
+    assert route is not None and route.n_ctx == 4096
+    backend = build_backend(route)
+    assert isinstance(backend, LlamaCppBackend)
+    assert (backend.n_ctx, backend.n_parallel) == (4096, 16)
 
 
 def test_database_urls() -> None:
