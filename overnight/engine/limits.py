@@ -4,6 +4,11 @@
 successes, x0.7 on overload signals at most once per window), plus a shared
 pause that honours `retry-after` and the `x-ratelimit-*` headers, plus
 optional static requests-per-minute and tokens-per-minute buckets.
+
+`x-ratelimit-remaining-requests` with its reset is also an allowance: once the
+upstream says only N more requests fit before the reset, at most N more are
+sent until then. Without it, every request in flight when the window closes
+comes back as a 429 (a fast engine has hundreds in flight).
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class Limiter:
         self.floor = floor
         self.slow_start = True
         self.paused_until = 0.0
+        self.allowance = 0  # requests the upstream still accepts before `allowance_until`
+        self.allowance_until = 0.0
         self.on_grow: Callable[[], None] | None = None
         self.epoch = 0  # bumped at each decrease; requests remember the epoch they left in
         self._successes = 0
@@ -86,12 +93,26 @@ class Limiter:
     @property
     def gated(self) -> bool:
         """Whether `gate` could wait at all (skipping the call is the common, fast case)."""
-        return self.rpm is not None or self.tpm is not None or self.paused_until > time.monotonic()
+        now = time.monotonic()
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.paused_until > now
+            or self.allowance_until > now
+        )
 
     async def gate(self, tokens: int = 0) -> None:
-        """Wait out a pause and the static rate buckets before sending one request."""
-        while (wait := self.paused_until - time.monotonic()) > 0:
+        """Wait out a pause, a spent allowance and the static buckets before sending one request."""
+        while True:
+            now = time.monotonic()
+            wait = self.paused_until - now
+            if wait <= 0 and self.allowance_until > now and self.allowance <= 0:
+                wait = self.allowance_until - now
+            if wait <= 0:
+                break
             await asyncio.sleep(wait)
+        if self.allowance_until > time.monotonic():
+            self.allowance -= 1
         if self.rpm:
             await self.rpm.take()
         if self.tpm and tokens:
@@ -142,7 +163,12 @@ class Limiter:
                 left = float(remaining)
             except ValueError:
                 continue
+            reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+            if not reset:
+                continue
+            if kind == "requests":
+                # The upstream's latest count: it already includes what it has received.
+                self.allowance = int(left)
+                self.allowance_until = time.monotonic() + min(reset, 300.0)
             if left <= 0:
-                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
-                if reset:
-                    self.pause(reset)
+                self.pause(reset)

@@ -60,6 +60,20 @@ def test_exhausted_remaining_header_pauses() -> None:
     assert 1.5 < lim.paused_until - time.monotonic() <= 2.0
 
 
+async def test_remaining_requests_are_an_allowance_until_the_reset() -> None:
+    lim = Limiter()
+    lim.on_success({"x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "300ms"})
+    assert lim.gated
+    t0 = time.monotonic()
+    await lim.gate()
+    await lim.gate()
+    assert time.monotonic() - t0 < 0.1  # the two the upstream still accepts go at once
+    await lim.gate()  # the third waits for the window to reset
+    assert time.monotonic() - t0 >= 0.25
+    await asyncio.sleep(0.05)
+    assert not lim.gated  # past the reset, nothing is known: back to the fast path
+
+
 async def test_gate_waits_out_a_pause() -> None:
     lim = Limiter()
     lim.pause(0.2)
