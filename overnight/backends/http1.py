@@ -128,9 +128,12 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self._chunks)
         self._chunks = []
         try:
-            body = _decode(body, self._headers.get("content-encoding"))
+            body = _decode(body, self._headers.get("content-encoding"), self.max_body)
         except zlib.error:
             waiter.set_exception(ProtocolError("the upstream's compressed answer is corrupt"))
+            return
+        except ProtocolError as exc:
+            waiter.set_exception(exc)
             return
         waiter.set_result(HTTPResponse(self.parser.get_status_code(), self._headers, body))
 
@@ -155,18 +158,29 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _decode(body: bytes, encoding: str | None) -> bytes:
+def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo a content-encoding, never inflating past `limit` bytes (no decompression bombs)."""
     if not encoding or encoding == "identity":
         return body
     encoding = encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        return _inflate(body, 16 + zlib.MAX_WBITS, limit)
     if encoding == "deflate":
         try:
-            return zlib.decompress(body)
+            return _inflate(body, zlib.MAX_WBITS, limit)
         except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+            return _inflate(body, -zlib.MAX_WBITS, limit)  # raw deflate, as some servers send
     raise zlib.error(f"unsupported content-encoding {encoding!r}")
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit:
+        raise ProtocolError(f"the upstream's answer inflates past {limit} bytes")
+    if not inflater.eof:
+        raise zlib.error("truncated compressed answer")
+    return out
 
 
 class ConnectionPool:

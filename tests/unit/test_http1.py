@@ -227,6 +227,22 @@ async def test_gzip_and_interim_answers() -> None:
     assert server.connections == 1
 
 
+async def test_compressed_answer_that_inflates_past_the_cap_is_refused() -> None:
+    bomb = gzip.compress(b"0" * 5_000_000)  # about 5 KB on the wire
+
+    async def zipped(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await s.read_request(r)
+        w.write(ok(bomb, "Content-Encoding: gzip"))
+        await w.drain()
+        await asyncio.sleep(1)
+
+    async with Server(zipped) as server:
+        pool = ConnectionPool(server.url(), max_body=1_000_000)
+        with pytest.raises(ProtocolError, match="inflates past 1000000"):
+            await pool.post("/", b"", b"x", 5.0)
+        await pool.close()
+
+
 async def test_timeout_drops_the_connection_and_the_pool_goes_on() -> None:
     async def slow_first(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
         body = await s.read_request(r)
