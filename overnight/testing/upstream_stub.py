@@ -18,17 +18,17 @@ Three ways to run it::
 
 Control and observation (not counted as model requests): `GET /_stats`,
 `GET /_received?limit=N[&raw=1]`, `GET /_counts`, `POST /_reset`, `GET|POST /_config`.
+
+This module is the server (routing, misbehaviour, lifecycle); its settings are in
+`stub_config` and the answers it builds in `stub_answers`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import random
@@ -42,7 +42,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -51,384 +50,16 @@ import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
-HOST = "127.0.0.1"
-READY_PREFIX = "stub listening on "
-ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
-IMAGE_TOKENS = 85  # what OpenAI bills for one low-detail image
-ECHO_CHARS = 200
+from overnight.testing.stub_answers import BUILDERS, BadRequest, user_text
+from overnight.testing.stub_config import StubConfig
+
+__all__ = ["StubConfig", "StubProcess", "StubServer", "main"]
 
 _T = TypeVar("_T")
 
-
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(slots=True)
-class StubConfig:
-    """How the stub behaves; every field is also a CLI flag and a `POST /_config` key."""
-
-    port: int = _opt(0, "TCP port on 127.0.0.1 (0 picks a free one; not changeable live)")
-    latency: float = _opt(0.0, "seconds to wait before answering a model request")
-    latency_jitter: float = _opt(0.0, "extra random latency, uniform in [0, jitter] seconds")
-    fail_rate: float = _opt(0.0, "fraction of requests answered with fail_status (500)")
-    fail_status: int = _opt(500, "status used by fail_rate and fail_first_n")
-    status_override: int | None = _opt(None, "answer every model request with this status")
-    garbage_rate: float = _opt(0.0, "fraction answered 200 with a body that is not JSON")
-    reset_rate: float = _opt(0.0, "fraction whose connection is reset without an answer")
-    hang_rate: float = _opt(0.0, "fraction never answered (until the client gives up)")
-    fail_first_n: int = _opt(0, "the first N receipts of each distinct body answer 500")
-    rpm: int | None = _opt(None, "requests per rate_window before 429")
-    tpm: int | None = _opt(None, "tokens (prompt + max/completion) per rate_window before 429")
-    rate_window: float = _opt(60.0, "length of the sliding rate-limit window, seconds")
-    max_concurrency: int | None = _opt(None, "answer 429 while more requests are in flight")
-    require_api_key: str | None = _opt(None, "401 unless `Authorization: Bearer` or api-key")
-    seed: int | None = _opt(None, "seed for the random choices (latency jitter, fault rates)")
-    embedding_dim: int = _opt(16, "embedding length when the request has no `dimensions`")
-    max_received: int = _opt(10000, "how many received requests /_received keeps")
-    max_lifetime: float | None = _opt(None, "the process exits by itself after this (CLI)")
-
-    def validate(self) -> StubConfig:
-        rates = ("fail_rate", "garbage_rate", "reset_rate", "hang_rate")
-        for name in rates:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if sum(getattr(self, name) for name in rates) > 1.0:
-            raise ValueError(f"{' + '.join(rates)} must not exceed 1")
-        for name in ("latency", "latency_jitter", "fail_first_n", "port"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        for name in ("rpm", "tpm", "max_concurrency", "max_lifetime"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (or null for no limit)")
-        if self.rate_window <= 0 or self.max_received < 1 or self.embedding_dim < 1:
-            raise ValueError("rate_window, max_received and embedding_dim must be positive")
-        for name in ("status_override", "fail_status"):
-            value = getattr(self, name)
-            if value is not None and not 100 <= value <= 599:
-                raise ValueError(f"{name} must be an HTTP status code")
-        return self
-
-    def merged(self, changes: Mapping[str, Any]) -> StubConfig:
-        """A copy with `changes` applied (the `POST /_config` semantics)."""
-        values: dict[str, Any] = {}
-        for name, value in changes.items():
-            if name not in _FIELD_TYPES or name == "port":
-                raise ValueError(f"unknown or read-only setting: {name!r}")
-            values[name] = _coerce(name, value)
-        return dataclasses.replace(self, **values).validate()
-
-    def to_argv(self) -> list[str]:
-        """The CLI flags that rebuild this config in a child process."""
-        argv: list[str] = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value != f.default and value is not None:
-                argv += ["--" + f.name.replace("_", "-"), str(value)]
-        return argv
-
-    @classmethod
-    def from_argv(cls, argv: Sequence[str] | None = None) -> StubConfig:
-        parser = argparse.ArgumentParser(
-            prog="python -m overnight.testing.upstream_stub",
-            description="OpenAI-compatible upstream stub on 127.0.0.1.",
-        )
-        for f in dataclasses.fields(cls):
-            kind, _ = _FIELD_TYPES[f.name]
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                type=kind,
-                default=f.default,
-                help=f.metadata.get("help"),
-            )
-        args = parser.parse_args(argv)
-        try:
-            return cls(**vars(args)).validate()
-        except ValueError as exc:
-            parser.error(str(exc))
-            raise  # unreachable: parser.error exits
-
-
-def _field_types() -> dict[str, tuple[type, bool]]:
-    kinds = {"int": int, "float": float, "str": str}
-    out = {}
-    for f in dataclasses.fields(StubConfig):
-        annotation = str(f.type)
-        out[f.name] = (kinds[annotation.split("|")[0].strip()], "None" in annotation)
-    return out
-
-
-_FIELD_TYPES = _field_types()
-
-
-def _coerce(name: str, value: Any) -> Any:
-    kind, optional = _FIELD_TYPES[name]
-    if value is None:
-        if optional:
-            return None
-    elif kind is str and isinstance(value, str):
-        return value
-    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    elif (
-        kind is int
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and float(value).is_integer()
-    ):
-        return int(value)
-    raise ValueError(f"{name} must be {kind.__name__}{' or null' if optional else ''}")
-
-
-# --- reading requests and building answers ----------------------------------------------
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _tokens(text: str) -> int:
-    return len(text) // 4 + 1
-
-
-def _content(content: Any) -> tuple[str, int]:
-    """The text of a message's content (string or parts) and how many images it holds."""
-    if isinstance(content, str):
-        return content, 0
-    texts: list[str] = []
-    images = 0
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict):
-                kind = part.get("type")
-                if kind in ("text", "input_text", "output_text"):
-                    texts.append(str(part.get("text", "")))
-                elif kind in ("image_url", "input_image", "image"):
-                    images += 1
-    return " ".join(texts), images
-
-
-def _strings(value: Any) -> list[Any]:
-    """completions' `prompt` / embeddings' `input`: a string, strings, tokens or token lists."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value:
-        if all(isinstance(x, int) for x in value):
-            return [value]
-        if all(isinstance(x, str | list) for x in value):
-            return value
-    return []
-
-
-def _user_text(endpoint: str, body: dict[str, Any]) -> str:
-    """The text of the last user message: what the answer echoes and /_counts counts."""
-    if endpoint == "chat/completions" or endpoint == "responses":
-        items = body.get("messages") if endpoint == "chat/completions" else body.get("input")
-        if isinstance(items, str):
-            return items
-        if isinstance(items, list):
-            for item in reversed(items):
-                if isinstance(item, dict) and item.get("role") == "user":
-                    return _content(item.get("content"))[0]
-        return ""
-    key = "prompt" if endpoint == "completions" else "input"
-    return "\n".join(x for x in _strings(body.get(key)) if isinstance(x, str))
-
-
-def _limit(body: dict[str, Any], *names: str) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
-
-
-def _echo(text: str, limit: int | None) -> tuple[str, int, bool]:
-    """The answer text, its token count, and whether max tokens cut it short."""
-    content = "echo: " + text[:ECHO_CHARS]
-    tokens = _tokens(content)
-    if limit is not None and tokens > limit:
-        return content[: limit * 4], limit, True
-    return content, tokens, False
-
-
-def _chat(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("'messages' must be a non-empty array", "messages")
-    texts, images = [], 0
-    for message in messages:
-        if isinstance(message, dict):
-            t, i = _content(message.get("content"))
-            texts.append(t)
-            images += i
-    prompt = _tokens("\n".join(texts)) + IMAGE_TOKENS * images
-    limit = _limit(body, "max_completion_tokens", "max_tokens")
-    content, completion, cut = _echo(text, limit)
-    n = min(max(_limit(body, "n") or 1, 1), 128)
-    message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
-    choice = {"message": message, "logprobs": None, "finish_reason": "length" if cut else "stop"}
-    answer = {
-        "id": "chatcmpl-" + rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": i, **choice} for i in range(n)],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion * n,
-            "total_tokens": prompt + completion * n,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-        "system_fingerprint": "fp_stub",
-    }
-    return answer, prompt + (limit if limit is not None else completion) * n
-
-
-def _completions(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
-    prompts = _strings(body.get("prompt"))
-    if not prompts:
-        raise _BadRequest("'prompt' is a required property", "prompt")
-    limit = _limit(body, "max_tokens")
-    choices, prompt, completion = [], 0, 0
-    for i, p in enumerate(prompts):
-        prompt += _tokens(p) if isinstance(p, str) else len(p)
-        content, tokens, cut = _echo(p if isinstance(p, str) else f"{len(p)} tokens", limit)
-        completion += tokens
-        choices.append(
-            {
-                "text": content,
-                "index": i,
-                "logprobs": None,
-                "finish_reason": "length" if cut else "stop",
-            }
-        )
-    answer = {
-        "id": "cmpl-" + rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-        "system_fingerprint": "fp_stub",
-    }
-    return answer, prompt + (limit * len(prompts) if limit is not None else completion)
-
-
-def _vector(item: Any, dim: int) -> list[float]:
-    seed = item.encode() if isinstance(item, str) else orjson.dumps(item)
-    raw = hashlib.shake_128(seed).digest(dim)
-    vec = [(b - 127.5) / 127.5 for b in raw]
-    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-    return [x / norm for x in vec]
-
-
-def _embeddings(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
-    items = _strings(body.get("input"))
-    if not items:
-        raise _BadRequest("'input' is a required property and must not be empty", "input")
-    dim = _limit(body, "dimensions") or cfg.embedding_dim
-    as_base64 = body.get("encoding_format") == "base64"
-    data, prompt = [], 0
-    for i, item in enumerate(items):
-        prompt += _tokens(item) if isinstance(item, str) else len(item)
-        vec: Any = _vector(item, dim)
-        if as_base64:
-            vec = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode()
-        data.append({"object": "embedding", "index": i, "embedding": vec})
-    answer = {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-    }
-    return answer, prompt
-
-
-def _responses(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
-    items = body.get("input")
-    if isinstance(items, str):
-        texts, images = [items], 0
-    elif isinstance(items, list) and items:
-        texts, images = [], 0
-        for item in items:
-            t, i = _content(item.get("content") if isinstance(item, dict) else item)
-            texts.append(t)
-            images += i
-    else:
-        raise _BadRequest("'input' is a required property", "input")
-    instructions = body.get("instructions")
-    if isinstance(instructions, str):
-        texts.append(instructions)
-    prompt = _tokens("\n".join(texts)) + IMAGE_TOKENS * images
-    limit = _limit(body, "max_output_tokens")
-    content, completion, cut = _echo(text, limit)
-    output_text = {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
-    answer = {
-        "id": "resp_" + rid,
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "incomplete" if cut else "completed",
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "instructions": instructions,
-        "max_output_tokens": limit,
-        "model": model,
-        "output": [
-            {
-                "type": "message",
-                "id": "msg_" + rid,
-                "status": "incomplete" if cut else "completed",
-                "role": "assistant",
-                "content": [output_text],
-            }
-        ],
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
-        "store": body.get("store", True),
-        "temperature": body.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": body.get("top_p", 1.0),
-        "truncation": "disabled",
-        "usage": {
-            "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + completion,
-        },
-        "user": None,
-        "metadata": body.get("metadata") or {},
-    }
-    return answer, prompt + (limit if limit is not None else completion)
-
-
-_BUILDERS: dict[str, Callable[..., Any]] = {
-    "chat/completions": _chat,
-    "completions": _completions,
-    "embeddings": _embeddings,
-    "responses": _responses,
-}
+HOST = "127.0.0.1"
+READY_PREFIX = "stub listening on "
+ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
 
 
 def _route(path: str) -> tuple[str, str | None] | None:
@@ -686,7 +317,7 @@ class StubApp:
         except orjson.JSONDecodeError:
             body = None
         ok = isinstance(body, dict)
-        text = _user_text(endpoint, body) if ok else ""
+        text = user_text(endpoint, body) if ok else ""
         attempt = self._record(scope, endpoint, body, raw, text)
         rid = self._next_id()
 
@@ -706,8 +337,8 @@ class StubApp:
         assert isinstance(body, dict)
         model = body.get("model") or deployment or "stub-model"
         try:
-            answer, cost = _BUILDERS[endpoint](body, str(model), text, rid, cfg)
-        except _BadRequest as exc:
+            answer, cost = BUILDERS[endpoint](body, str(model), text, rid, cfg)
+        except BadRequest as exc:
             return await self._answer(
                 send, rid, 400, _error(str(exc), "invalid_request_error", exc.param, None)
             )
