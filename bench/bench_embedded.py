@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from overnight.backends.base import CHAT
 from overnight.backends.llamacpp import LlamaCppBackend, default_model_path
-from overnight.backends.local_model import import_llama_cpp
+from overnight.backends.local_model import import_llama_cpp, usable_cpus
 from overnight.backends.model_cache import batched_weights
 
 SYSTEMS = {
@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--n-parallel", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--tasks", nargs="+", choices=sorted(SYSTEMS), default=["triage", "reply"])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats; best kept")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M)")
     args = parser.parse_args()
     carried = None if args.model else default_model_path()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import struct
 import threading
 import time
@@ -40,6 +39,7 @@ from overnight.backends.local_model import (
     default_model_path,
     json_object_grammar,
     json_schema_grammar,
+    usable_cpus,
 )
 from overnight.backends.model_cache import batched_weights
 from overnight.errors import InvalidRequest
@@ -123,7 +123,7 @@ class LlamaCppBackend(Backend):
         self.name = name
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
-        self.n_threads = n_threads or _usable_cpus()
+        self.n_threads = n_threads or usable_cpus()
         self.prefix_cache = prefix_cache
         self._model: LocalModel | None = None
         self._engine: BatchEngine | None = None
@@ -614,11 +614,6 @@ class LlamaCppBackend(Backend):
                 )
             inputs.append(tokens)
         return inputs
-
-
-def _usable_cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _is_token(value: Any) -> bool:

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +39,12 @@ class LocalModelUnavailable(Exception):
 
 class RequestRejected(Exception):
     """The engine cannot run this request as given (a grammar llama.cpp refuses)."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: llama.cpp's thread count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def import_llama_cpp() -> ModuleType:

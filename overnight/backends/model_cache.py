@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from overnight.backends.local_model import import_llama_cpp
+from overnight.backends.local_model import import_llama_cpp, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _widen(source: Path, target: Path) -> None:
     params = lib.llama_model_quantize_default_params()
     params.ftype = lib.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = True  # the source is already quantized (Q4_1)
-    params.nthread = max(1, len(os.sched_getaffinity(0)))
+    params.nthread = usable_cpus()
     try:
         status = lib.llama_model_quantize(str(source).encode(), str(target).encode(), params)
         if status != 0:
