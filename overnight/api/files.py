@@ -185,7 +185,11 @@ async def retrieve_file(request: Request, file_id: str, project: Project) -> dic
     responses=CONTENT_RESPONSE | NOT_FOUND,
 )
 async def file_content(request: Request, file_id: str, project: Project) -> StreamingResponse:
-    svc = services(request)
+    return await stream_file(services(request), file_id, project)
+
+
+async def stream_file(svc: Services, file_id: str, project: str) -> StreamingResponse:
+    """A file's bytes, streamed from storage (the API's content route and the dashboard's)."""
     f = await _get_file(svc, file_id, project)
     media = "application/jsonl" if f.filename.endswith(".jsonl") else "application/octet-stream"
     return StreamingResponse(

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from overnight import metrics
 from overnight.api.auth import current_project
-from overnight.api.files import content_disposition
+from overnight.api.files import stream_file
 from overnight.api.limits import plausible_id
 from overnight.errors import NotFound, OvernightError
 from overnight.models import Batch
@@ -278,19 +278,7 @@ async def batch_json(request: Request, batch_id: str, project: Project) -> dict[
 
 @router.get("/ui/files/{file_id}/content")
 async def download(request: Request, file_id: str, project: Project) -> Response:
-    svc = _svc(request)
-    f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
-    if f is None:
-        raise NotFound(f"No such File object: {file_id[:100]}", param="file_id")
-    media = "application/jsonl" if f.filename.endswith(".jsonl") else "application/octet-stream"
-    return StreamingResponse(
-        svc.blobs.read(f.blob_key),
-        media_type=media,
-        headers={
-            "content-length": str(f.bytes),
-            "content-disposition": content_disposition(f.filename),
-        },
-    )
+    return await stream_file(_svc(request), file_id, project)
 
 
 @router.get("/ui/static/{name}")
