@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 from common import chat_lines, machine
 from openai import OpenAI
 
@@ -89,14 +88,7 @@ def main() -> None:
     moto = MotoServer().start()
     db_name, db_url = create_database()
     env_aws = moto.env()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name=env_aws["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env_aws["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env_aws["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3.create_bucket(Bucket="bench")
+    moto.create_bucket("bench")
     times: dict[int, list[float]] = {count: [] for count in args.workers}
     try:
         with (
