@@ -19,6 +19,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,41 +32,44 @@ from overnight.testing.server_process import OvernightProcess
 from overnight.testing.upstream_stub import StubConfig, StubProcess
 
 
-async def bare_client(url: str, data: bytes, concurrency: int) -> float:
+async def _timed(data: bytes, concurrency: int, send: Callable[[bytes], Awaitable[bytes]]) -> float:
+    """Send every line's body with `send` (which answers the raw reply), `concurrency` at once."""
     bodies = [orjson.dumps(orjson.loads(line)["body"]) for line in data.splitlines()]
     sem = asyncio.Semaphore(concurrency)
+
+    async def one(body: bytes) -> None:
+        async with sem:
+            orjson.loads(await send(body))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(b) for b in bodies))
+    return time.perf_counter() - t0
+
+
+async def bare_client(url: str, data: bytes, concurrency: int) -> float:
     headers = {"content-type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def one(body: bytes) -> None:
-            async with (
-                sem,
-                session.post(f"{url}/chat/completions", data=body, headers=headers) as r,
-            ):
-                orjson.loads(await r.read())
+        async def send(body: bytes) -> bytes:
+            async with session.post(f"{url}/chat/completions", data=body, headers=headers) as r:
+                return await r.read()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
-        return time.perf_counter() - t0
+        return await _timed(data, concurrency, send)
 
 
 async def bare_pool_client(url: str, data: bytes, concurrency: int) -> float:
-    bodies = [orjson.dumps(orjson.loads(line)["body"]) for line in data.splitlines()]
-    sem = asyncio.Semaphore(concurrency)
     parts = urlsplit(url)
     pool = ConnectionPool(f"{parts.scheme}://{parts.netloc}")
     target = f"{parts.path}/chat/completions"
     headers = b"Content-Type: application/json\r\n"
 
-    async def one(body: bytes) -> None:
-        async with sem:
-            orjson.loads((await pool.post(target, headers, body, 60.0)).body)
+    async def send(body: bytes) -> bytes:
+        return (await pool.post(target, headers, body, 60.0)).body
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(b) for b in bodies))
-    took = time.perf_counter() - t0
-    await pool.close()
-    return took
+    try:
+        return await _timed(data, concurrency, send)
+    finally:
+        await pool.close()
 
 
 def main() -> None:
