@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from overnight.config_tables import named_tables
 from overnight.errors import ConfigError
 from overnight.models import Batch, Usage
 
@@ -82,19 +83,9 @@ _KNOWN = {
 
 
 def prices_from_toml(doc: dict[str, Any]) -> tuple[Price, ...]:
-    table = doc.get("prices", {})
-    if not isinstance(table, dict):
-        raise ConfigError('config: [prices] must be a table of model names, e.g. [prices."gpt-4o"]')
     out = []
-    for model, spec in table.items():
-        where = f"config: [prices.{model!r}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where} must be a table")
-        unknown = set(spec) - _KNOWN
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown keys {sorted(unknown)}; known keys are {sorted(_KNOWN)}"
-            )
+    what = 'a table of model names, e.g. [prices."gpt-4o"]'
+    for model, spec, where in named_tables(doc, "prices", _KNOWN, what):
         for key in ("input_per_million", "output_per_million"):
             if key not in spec:
                 raise ConfigError(f"{where} needs {key} (price per million tokens)")

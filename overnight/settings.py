@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overnight.config_tables import named_tables
 from overnight.cost import Price, prices_from_toml
 from overnight.errors import ConfigError
 from overnight.webhooks import WebhookTarget, webhooks_from_toml
@@ -116,48 +117,35 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+_ROUTE_KEYS = {
+    "url",
+    "urls",
+    "api_key_env",
+    "max_concurrency",
+    "timeout",
+    "model",
+    "gguf",
+    "rpm",
+    "tpm",
+    "embedded",
+    "n_ctx",
+}
+
+
 def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, ...]:
-    models = doc.get("models", {})
-    if not isinstance(models, dict):
-        raise ConfigError("config: [models] must be a table of model names")
     routes = []
-    for name, spec in models.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"config: [models.{name!r}] must be a table")
-        known = {
-            "url",
-            "urls",
-            "api_key_env",
-            "max_concurrency",
-            "timeout",
-            "model",
-            "gguf",
-            "rpm",
-            "tpm",
-            "embedded",
-            "n_ctx",
-        }
-        unknown = set(spec) - known
-        if unknown:
-            raise ConfigError(
-                f"config: [models.{name!r}] has unknown keys {sorted(unknown)}; "
-                f"known keys are {sorted(known)}"
-            )
+    for name, spec, where in named_tables(doc, "models", _ROUTE_KEYS, "a table of model names"):
         key_env = spec.get("api_key_env")
         if key_env and key_env not in env:
-            raise ConfigError(
-                f"config: [models.{name!r}] reads its key from ${key_env}, which is not set"
-            )
+            raise ConfigError(f"{where} reads its key from ${key_env}, which is not set")
         urls = spec.get("urls", [])
         if not (spec.get("url") or urls or spec.get("gguf") or spec.get("embedded")):
-            raise ConfigError(
-                f"config: [models.{name!r}] needs one of url, urls, gguf or embedded = true"
-            )
+            raise ConfigError(f"{where} needs one of url, urls, gguf or embedded = true")
         n_ctx = spec.get("n_ctx")
         if n_ctx is not None and (
             not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 64
         ):
-            raise ConfigError(f"config: [models.{name!r}] n_ctx must be a whole number >= 64")
+            raise ConfigError(f"{where} n_ctx must be a whole number >= 64")
         routes.append(
             Route(
                 name=name,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from overnight.config_tables import named_tables
 from overnight.errors import ConfigError
 from overnight.models import new_id, now
 
@@ -70,20 +71,9 @@ class WebhookTarget:
 
 
 def webhooks_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[WebhookTarget, ...]:
-    table = doc.get("webhooks", {})
-    if not isinstance(table, dict):
-        raise ConfigError("config: [webhooks] must be a table of project names")
     known = {"url", "secret_env", "events", "max_attempts", "retry_base_seconds", "timeout"}
     out = []
-    for project, spec in table.items():
-        where = f"config: [webhooks.{project!r}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where} must be a table")
-        unknown = set(spec) - known
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown keys {sorted(unknown)}; known keys are {sorted(known)}"
-            )
+    for project, spec, where in named_tables(doc, "webhooks", known, "a table of project names"):
         url = spec.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f'{where} needs url = "https://..."')
