@@ -177,6 +177,7 @@ class Batch:
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
     endpoint_spelling: str | None = None  # what the client sent, echoed back
+    dialect: str | None = None  # "openai" or "azure": whose words validation errors use
     estimated_cost: dict[str, Any] | None = None  # overnight's extra field: cost.annotate()
 
     def to_api(self) -> dict[str, Any]:

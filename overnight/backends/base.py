@@ -20,7 +20,21 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+MODERATIONS = "/v1/moderations"
+IMAGES_GENERATIONS = "/v1/images/generations"
+IMAGES_EDITS = "/v1/images/edits"
+VIDEOS = "/v1/videos"
+# The openai SDK's `batch_create_params` list (3.57), in its order of the error message.
+ENDPOINTS = (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    RESPONSES,
+    MODERATIONS,
+    IMAGES_GENERATIONS,
+    IMAGES_EDITS,
+    VIDEOS,
+)
 
 
 @dataclass(slots=True)
@@ -64,6 +78,19 @@ class TransientError(Exception):
         self.response = response
         self.overloaded = overloaded
         self.code = code
+
+
+class UnusableAnswer(Exception):
+    """The upstream answered in full with a 2xx status, but not with a JSON object.
+
+    A 2xx answer is a finished (and billed) generation, so it is never sent again:
+    the request fails once, with an excerpt of what came back.
+    """
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
 
 
 class Backend(ABC):

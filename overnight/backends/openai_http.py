@@ -16,12 +16,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
-from overnight.backends.base import Backend, Response, TransientError
+from overnight.backends.base import Backend, Response, TransientError, UnusableAnswer
 from overnight.backends.http1 import ConnectionPool, ProtocolError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524})
 OVERLOAD_STATUS = frozenset({429, 503})
 MAX_ERROR_TEXT = 2000
+EXCERPT = 200  # bytes of an unusable answer quoted in the error line
 _URL_SAFE = "/%:@!$&'()*+,;=~-._?"
 
 
@@ -154,9 +155,12 @@ def _interpret(status: int, raw: bytes, headers: Any) -> Response:
         parsed = None
     if 200 <= status < 300:
         if not isinstance(parsed, dict):
-            raise TransientError(
-                "The upstream answered with a body that is not a JSON object.",
-                code="invalid_upstream_response",
+            excerpt = raw[:EXCERPT].decode("utf-8", "replace")
+            kind = headers.get("content-type", "no content-type")[:100]
+            raise UnusableAnswer(
+                f"The upstream answered HTTP {status} ({kind}) with a body that is not a JSON "
+                f"object ({len(raw)} bytes): {excerpt!r}",
+                headers,
             )
         # Pretty-printed answers must be re-encoded to fit on one output line.
         compact = raw if b"\n" not in raw and b"\r" not in raw else None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 import orjson
 
-from overnight.backends.base import Response, TransientError
+from overnight.backends.base import Response, TransientError, UnusableAnswer
 from overnight.engine.lane import ActiveBatch, Item, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.results import ResultSink
@@ -24,10 +25,33 @@ from overnight.store.ledger import Outcome
 log = logging.getLogger("overnight.runner")
 
 LOCAL_CONCURRENCY = 64
+MAX_MESSAGE = 2000
 
 
 def error_json(code: str, message: str) -> str:
     return orjson.dumps({"code": code, "message": message}).decode()
+
+
+def answer_error(response: Response) -> str:
+    """`{code, message}` for a line the model answered with an error status.
+
+    OpenAI leaves `error` null on such lines and puts the answer in `response`; clients
+    that read `error` for every failed line would see nothing, so it is filled too
+    (no SDK type describes these lines; see docs/compatibility.md).
+    """
+    detail = response.body.get("error") if isinstance(response.body, dict) else None
+    code: Any = None
+    message: Any = None
+    if isinstance(detail, dict):
+        code = detail.get("code") or detail.get("type")
+        message = detail.get("message")
+    elif isinstance(detail, str):
+        message = detail
+    if not isinstance(code, str) or not code:
+        code = f"http_{response.status_code}"
+    if not isinstance(message, str) or not message:
+        message = f"The model answered HTTP {response.status_code}."
+    return error_json(code[:100], message[:MAX_MESSAGE])
 
 
 class Runner:
@@ -118,6 +142,11 @@ class Runner:
                 stats.done(started, RETRIED)
                 lane.retry_later(item, self._backoff(req.attempts, exc.retry_after))
             return
+        except UnusableAnswer as exc:
+            lane.limiter.on_success(exc.headers)
+            stats.done(started, ERROR_RESPONSE)
+            self.sink.add(self._no_answer(item, "invalid_upstream_response", exc.message))
+            return
         except Exception as exc:  # a bug in a backend must not take the engine down
             stats.done(started, INTERNAL_ERROR)
             log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
@@ -144,7 +173,7 @@ class Runner:
             ok,
             response.status_code,
             response.compact_body(),
-            None,
+            None if ok else answer_error(response),
             response.request_id or None,
             item.req.attempts,
             Usage.from_body(response.body) if ok else Usage(),

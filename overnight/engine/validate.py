@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from overnight.dialect import Dialect, invalid, line_error
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
 from overnight.models import BatchError, BatchStatus, now
 from overnight.services import Services
@@ -22,10 +23,13 @@ INSERT_CHUNK = 5000
 
 async def _check_lines(
     svc: Services, row: Any, key: str, errors: list[BatchError]
-) -> tuple[int, str | None]:
-    """Stream the file once: insert valid lines, collect errors. Returns (count, model)."""
+) -> tuple[int, str | None, int]:
+    """Stream the file once: insert valid lines, collect errors.
+
+    Returns (count, model, the line that first named the model)."""
     s = svc.settings
-    seen: set[bytes] = set()
+    dialect = row.dialect or Dialect.OPENAI
+    seen: dict[bytes, int] = {}  # custom_id digest -> its first line
     model: str | None = None
     model_line = 0
     count = 0
@@ -34,47 +38,38 @@ async def _check_lines(
     inserting: asyncio.Task[None] | None = None
     try:
         async for number, raw in split_lines(svc.blobs.read(key), s.max_line_bytes):
-            parsed = parse_line(number, raw, row.endpoint)
+            parsed = parse_line(number, raw, row.endpoint, dialect)
             if parsed is None:
                 continue
-            if isinstance(parsed, BatchError):
-                errors.append(parsed)
+            if isinstance(parsed, list):
+                errors.extend(parsed)
             else:
                 digest = custom_id_digest(parsed.custom_id)
-                if digest in seen:
+                first = seen.setdefault(digest, number)
+                if first != number:
                     errors.append(
-                        BatchError(
-                            "duplicate_custom_id",
-                            f"The custom_id {parsed.custom_id[:100]!r} on line {number} "
-                            "is used by an earlier line; custom_id values must be unique.",
-                            "custom_id",
-                            number,
+                        line_error(
+                            dialect, "duplicate_custom_id", number, "custom_id", first_line=first
                         )
                     )
-                seen.add(digest)
                 if model is None:
                     model, model_line = parsed.model, number
                 elif parsed.model != model:
                     errors.append(
-                        BatchError(
+                        line_error(
+                            dialect,
                             "model_mismatch",
-                            f"Line {number} uses model {parsed.model[:100]!r} but line "
-                            f"{model_line} uses {model[:100]!r}; a batch file holds one model.",
-                            "body.model",
                             number,
+                            "body.model",
+                            model=parsed.model[:100],
+                            first=model[:100],
+                            first_line=model_line,
                         )
                     )
                 count += 1
                 if count > s.max_requests_per_batch:
-                    errors.append(
-                        BatchError(
-                            "too_many_tasks",
-                            f"The file has more than {s.max_requests_per_batch} requests, "
-                            "the limit for one batch.",
-                            None,
-                            number,
-                        )
-                    )
+                    limit = s.max_requests_per_batch
+                    errors.append(line_error(dialect, "too_many_tasks", number, limit=limit))
                     break
                 if not errors:
                     buffer.append(parsed)
@@ -86,20 +81,14 @@ async def _check_lines(
             if len(errors) >= MAX_ERRORS:
                 break
     except LineTooLong as exc:
-        errors.append(
-            BatchError(
-                "invalid_request",
-                f"Line {exc.number} is longer than {s.max_line_bytes} bytes.",
-                None,
-                exc.number,
-            )
-        )
+        message = f"Line {exc.number} is longer than {s.max_line_bytes} bytes."
+        errors.append(invalid(message, exc.number, None))
     finally:
         if inserting is not None:
             await inserting  # always: the error path clears the ledger after this returns
     if not errors:
         await _insert(svc, row.seq, buffer)
-    return count, model
+    return count, model, model_line
 
 
 async def _insert(svc: Services, batch_seq: int, lines: list[Line]) -> None:
@@ -113,30 +102,33 @@ async def validate_batch(svc: Services, row: Any) -> None:
     await ledger.clear(row.seq)
     errors: list[BatchError] = []
     count, model = 0, None
-    f = await svc.store.files.get(row.input_file_id)
+    dialect = row.dialect or Dialect.OPENAI
+    # Another project's file is "not found" exactly like a file that never existed.
+    f = await svc.store.files.get(row.input_file_id, row.project)
     if f is None:
         errors.append(
-            BatchError(
-                "invalid_request",
-                f"The input file {row.input_file_id} no longer exists.",
-                "input_file_id",
+            line_error(
+                dialect,
+                "file_not_found",
                 None,
+                "file_id",
+                file_id=row.input_file_id,
+                project=row.project,
             )
         )
     else:
-        count, model = await _check_lines(svc, row, f.blob_key, errors)
+        count, model, model_line = await _check_lines(svc, row, f.blob_key, errors)
         if not errors and count == 0:
-            errors.append(BatchError("empty_file", "The input file has no requests.", None, None))
+            errors.append(line_error(dialect, "empty_file", None))
         if not errors and model is not None and svc.router.route(model) is None:
-            errors.append(
-                BatchError(
-                    "model_not_found",
-                    f"The model {model[:200]!r} has no route: add it to the config's [models] "
-                    "table or set OVERNIGHT_UPSTREAM_URL to serve every model.",
-                    "body.model",
-                    1,
-                )
+            error = line_error(
+                dialect, "model_not_found", model_line, "body.model", model=model[:200]
             )
+            error.message += (
+                " (overnight: add the model to the config's [models] table, or set "
+                "OVERNIGHT_UPSTREAM_URL to serve every model.)"
+            )
+            errors.append(error)
     t = now()
     if errors:
         await ledger.clear(row.seq)

@@ -17,6 +17,7 @@ _PLAIN = (
     "project",
     "endpoint",
     "endpoint_spelling",
+    "dialect",
     "model",
     "input_file_id",
     "completion_window",

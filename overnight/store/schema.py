@@ -48,6 +48,7 @@ batches = Table(
     Column("status", String(16), nullable=False),
     Column("endpoint", String(64), nullable=False),
     Column("endpoint_spelling", String(64)),
+    Column("dialect", String(8)),  # the API that created the batch: "openai" | "azure"
     Column("model", String(256)),
     Column("input_file_id", String(64), nullable=False),
     Column("completion_window", String(16), nullable=False),
@@ -123,4 +124,17 @@ api_keys = Table(
     Column("name", String(128)),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger),
+)
+
+# The first answer to a create sent with an Idempotency-Key (api/idempotency.py).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of operation + parameters
+    Column("status_code", SmallInteger),  # NULL while the first request runs
+    Column("response", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_idempotency_created", "created_at"),
 )

@@ -72,7 +72,7 @@ def user_text(endpoint: str, body: dict[str, Any]) -> str:
                 if isinstance(item, dict) and item.get("role") == "user":
                     return _content(item.get("content"))[0]
         return ""
-    key = "prompt" if endpoint == "completions" else "input"
+    key = "input" if endpoint in ("embeddings", "moderations") else "prompt"
     return "\n".join(x for x in _strings(body.get(key)) if isinstance(x, str))
 
 
@@ -97,6 +97,8 @@ def _chat(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", "messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("Invalid type for 'messages': expected an array of objects", "messages")
     texts, images = [], 0
     for message in messages:
         if isinstance(message, dict):
@@ -258,9 +260,91 @@ def _responses(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubC
     return answer, prompt + (limit if limit is not None else completion)
 
 
+def _moderations(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
+    items = _strings(body.get("input"))
+    if not items:
+        raise BadRequest("'input' is a required property", "input")
+    categories = ("harassment", "hate", "self-harm", "sexual", "violence")
+    results = [
+        {
+            "flagged": False,
+            "categories": dict.fromkeys(categories, False),
+            "category_scores": dict.fromkeys(categories, 0.0001),
+        }
+        for _ in items
+    ]
+    prompt = sum(_tokens(x) if isinstance(x, str) else 1 for x in items)
+    return {"id": "modr-" + rid, "model": model, "results": results}, prompt
+
+
+def _images(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("'prompt' is a required property", "prompt")
+    n = min(max(_limit(body, "n") or 1, 1), 10)
+    # A 1x1 transparent PNG per image: answers stay small, and they are real images.
+    pixel = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+        "AAAABJRU5ErkJggg=="
+    )
+    tokens = _tokens(prompt)
+    answer = {
+        "created": int(time.time()),
+        "data": [{"b64_json": pixel, "revised_prompt": prompt[:ECHO_CHARS]} for _ in range(n)],
+        "usage": {
+            "input_tokens": tokens,
+            "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
+            "output_tokens": 272 * n,
+            "total_tokens": tokens + 272 * n,
+        },
+    }
+    return answer, tokens + 272 * n
+
+
+def _videos(body: dict[str, Any], model: str, text: str, rid: str, cfg: StubConfig) -> Any:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("'prompt' is a required property", "prompt")
+    answer = {
+        "id": "video_" + rid,
+        "object": "video",
+        "model": model,
+        "status": "queued",
+        "progress": 0,
+        "created_at": int(time.time()),
+        "seconds": str(body.get("seconds", "4")),
+        "size": str(body.get("size", "720x1280")),
+    }
+    return answer, _tokens(prompt)
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
     "chat/completions": _chat,
     "completions": _completions,
     "embeddings": _embeddings,
     "responses": _responses,
+    "moderations": _moderations,
+    "images/generations": _images,
+    "images/edits": _images,
+    "videos": _videos,
 }
+
+
+def sse_events(answer: dict[str, Any]) -> list[bytes]:
+    """An answer cut into `data:` events the way streaming servers send it (one per choice
+    here, then the usage), without the final `data: [DONE]`."""
+    head = {k: v for k, v in answer.items() if k not in ("choices", "usage")}
+    events = []
+    for choice in answer.get("choices") or [{}]:
+        message = choice.get("message") or {}
+        delta = {"role": "assistant", "content": message.get("content", choice.get("text", ""))}
+        chunk = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": "stop"}],
+        }
+        events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    if "usage" in answer:
+        usage = {**head, "object": "chat.completion.chunk", "choices": [], "usage": answer["usage"]}
+        events.append(b"data: " + orjson.dumps(usage) + b"\n\n")
+    return events

@@ -24,6 +24,9 @@ class StubConfig:
     fail_status: int = _opt(500, "status used by fail_rate and fail_first_n")
     status_override: int | None = _opt(None, "answer every model request with this status")
     garbage_rate: float = _opt(0.0, "fraction answered 200 with a body that is not JSON")
+    stream: str = _opt(
+        "honour", "SSE answers: 'honour' body.stream, 'always' stream, 'never' stream"
+    )
     reset_rate: float = _opt(0.0, "fraction whose connection is reset without an answer")
     hang_rate: float = _opt(0.0, "fraction never answered (until the client gives up)")
     fail_first_n: int = _opt(0, "the first N receipts of each distinct body answer 500")
@@ -51,6 +54,8 @@ class StubConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or null for no limit)")
+        if self.stream not in ("honour", "always", "never"):
+            raise ValueError("stream must be 'honour', 'always' or 'never'")
         if self.rate_window <= 0 or self.max_received < 1 or self.embedding_dim < 1:
             raise ValueError("rate_window, max_received and embedding_dim must be positive")
         for name in ("status_override", "fail_status"):

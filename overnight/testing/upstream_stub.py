@@ -50,7 +50,7 @@ import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
-from overnight.testing.stub_answers import BUILDERS, BadRequest, user_text
+from overnight.testing.stub_answers import BUILDERS, BadRequest, sse_events, user_text
 from overnight.testing.stub_config import StubConfig
 
 __all__ = ["StubConfig", "StubProcess", "StubServer", "main"]
@@ -59,7 +59,7 @@ _T = TypeVar("_T")
 
 HOST = "127.0.0.1"
 READY_PREFIX = "stub listening on "
-ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
+ENDPOINTS = frozenset(BUILDERS)
 
 
 def _route(path: str) -> tuple[str, str | None] | None:
@@ -387,7 +387,30 @@ class StubApp:
                 return await self._answer(
                     send, rid, cfg.fail_status, _status_error(cfg.fail_status), headers
                 )
+        if cfg.stream == "always" or (cfg.stream == "honour" and body.get("stream") is True):
+            return await self._stream(send, rid, answer, headers)
         await self._answer(send, rid, 200, orjson.dumps(answer), headers)
+
+    async def _stream(
+        self, send: _Send, rid: str, answer: Any, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """The answer as server-sent events, chunked, as a streaming model server sends it."""
+        self.by_status[200] = self.by_status.get(200, 0) + 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-request-id", b"req_" + rid.encode()),
+                    *headers,
+                ],
+            }
+        )
+        for event in sse_events(answer):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     def _record(
         self, scope: dict[str, Any], endpoint: str, body: Any, raw: bytes, text: str

@@ -36,11 +36,12 @@ def test_non_2xx_answers_go_to_the_error_file(server: Server, stub: StubServer) 
     errors = by_custom_id(read_lines(client, batch.error_file_id))
     assert set(errors) == {f"r{i}" for i in range(4)}
     for line in errors.values():
-        assert line["error"] is None
         assert line["response"]["status_code"] == 400
         error = line["response"]["body"]["error"]
         assert error["message"]
         assert error["type"] == "invalid_request_error"
+        # Filled for clients that read `error` of every failed line (docs/compatibility.md).
+        assert line["error"] == {"code": "invalid_request_error", "message": error["message"]}
     # A 400 is final: each request went upstream once.
     assert stub.stats()["received"] == 4
     assert_timestamps_int(raw_batch(client, batch.id))
@@ -49,7 +50,7 @@ def test_non_2xx_answers_go_to_the_error_file(server: Server, stub: StubServer) 
 def test_mixed_results_split_between_files(server: Server, stub: StubServer) -> None:
     client = server.openai()
     bad = chat_line("bad")
-    bad["body"]["messages"] = []  # the upstream rejects this one with a 400
+    bad["body"]["messages"] = ["not an object"]  # the upstream rejects this one with a 400
     lines = [chat_line("ok-1"), bad, chat_line("ok-2")]
     batch = run_batch(client, lines, output_expires_after={"anchor": "created_at", "seconds": 3600})
     assert batch.status == "completed", batch
@@ -62,7 +63,7 @@ def test_mixed_results_split_between_files(server: Server, stub: StubServer) -> 
     assert set(errors) == {"bad"}
     assert errors["bad"]["response"]["status_code"] == 400
     assert errors["bad"]["response"]["body"]["error"]["param"] == "messages"
-    assert errors["bad"]["error"] is None
+    assert errors["bad"]["error"]["code"] == "invalid_request_error"
     ids = [line["id"] for line in [*outputs.values(), *errors.values()]]
     assert len(set(ids)) == 3 and all(i.startswith("batch_req_") for i in ids)
     # Only successful requests count toward usage... and the usage of all of them does.
@@ -109,7 +110,7 @@ def test_retries_exhausted_keep_the_last_answer(
     assert set(errors) == {"a", "b"}
     for line in errors.values():
         # Upstream did answer: the answer is kept, as for any non-2xx.
-        assert line["error"] is None
+        assert line["error"]["code"] == "server_error"
         assert line["response"]["status_code"] == 503
         assert line["response"]["body"]["error"]["message"]
     receipts = Counter(r["body"]["messages"][0]["content"] for r in stub.received())

@@ -124,6 +124,22 @@ def test_image_parts_get_a_per_line_400(client: OpenAI) -> None:
     assert rows["r1"]["response"]["status_code"] == 200
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("/v1/moderations", {"input": "is this fine?"}),
+        ("/v1/images/generations", {"model": MODEL, "prompt": "a cat"}),
+    ],
+)
+def test_endpoints_the_embedded_model_cannot_serve_get_a_per_line_400(
+    client: OpenAI, endpoint: str, body: dict[str, Any]
+) -> None:
+    rows = run(client, endpoint, [body])
+    assert rows["r0"]["response"]["status_code"] == 400
+    assert endpoint in rows["r0"]["response"]["body"]["error"]["message"]
+    assert rows["r0"]["error"]["code"] == "invalid_url"
+
+
 def test_the_readme_run_command_works(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "overnight", "demo"],

@@ -20,14 +20,15 @@ def route(url: str, **extra: object) -> str:
 
 
 @pytest.mark.parametrize(
-    ("stub", "code"),
+    ("stub", "code", "sent"),
     [
-        (StubConfig(garbage_rate=1.0), "invalid_upstream_response"),
-        (StubConfig(reset_rate=1.0), "upstream_unreachable"),
+        # A complete 200 is a billed generation: never sent again, however unusable.
+        (StubConfig(garbage_rate=1.0), "invalid_upstream_response", 5),
+        (StubConfig(reset_rate=1.0), "upstream_unreachable", 15),  # 3 attempts each
     ],
 )
 async def test_requests_that_never_get_an_answer_fail_with_a_code(
-    tmp_path: Path, stub: StubConfig, code: str
+    tmp_path: Path, stub: StubConfig, code: str, sent: int
 ) -> None:
     async with (
         StubServer(stub) as up,
@@ -41,7 +42,7 @@ async def test_requests_that_never_get_an_answer_fail_with_a_code(
         errors = await result_lines(svc, b.error_file_id)
         assert {e["error"]["code"] for e in errors} == {code}
         assert all(e["response"] is None for e in errors)
-        assert up.stats()["received"] == 15  # 3 attempts each
+        assert up.stats()["received"] == sent
 
 
 async def test_a_hanging_upstream_times_out_and_is_retried(tmp_path: Path) -> None:
@@ -63,7 +64,8 @@ async def test_5xx_is_retried_then_reported_with_the_upstream_answer(tmp_path: P
         b = await wait_for(svc, await submit(svc, chat_lines(4)), terminal)
         errors = await result_lines(svc, b.error_file_id)
         assert [e["response"]["status_code"] for e in errors] == [502] * 4
-        assert all(e["error"] is None and "error" in e["response"]["body"] for e in errors)
+        assert all("error" in e["response"]["body"] for e in errors)
+        assert {e["error"]["code"] for e in errors} == {"server_error"}
         assert up.stats()["received"] == 12
 
 

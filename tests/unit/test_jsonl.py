@@ -9,7 +9,6 @@ from overnight.jsonl import (
     result_line,
     split_lines,
 )
-from overnight.models import BatchError
 
 CHAT = "/v1/chat/completions"
 
@@ -19,7 +18,7 @@ def line(**over: object) -> bytes:
         "custom_id": "a",
         "method": "POST",
         "url": CHAT,
-        "body": {"model": "m", "messages": []},
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
     }
     doc.update(over)
     return orjson.dumps({k: v for k, v in doc.items() if v is not ...})
@@ -33,7 +32,9 @@ def line(**over: object) -> bytes:
         ("chat/completions", CHAT),
         ("/v1/embeddings", "/v1/embeddings"),
         ("/responses", "/v1/responses"),
-        ("/v1/images/generations", None),
+        ("/v1/images/generations", "/v1/images/generations"),
+        ("/moderations", "/v1/moderations"),
+        ("/v1/images/variations", None),
         ("", None),
     ],
 )
@@ -45,7 +46,10 @@ def test_valid_line_keeps_the_body_compact() -> None:
     parsed = parse_line(3, line(), CHAT)
     assert isinstance(parsed, Line)
     assert (parsed.number, parsed.custom_id, parsed.model) == (3, "a", "m")
-    assert orjson.loads(parsed.body) == {"model": "m", "messages": []}
+    assert orjson.loads(parsed.body) == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 def test_bom_and_crlf_are_accepted() -> None:
@@ -64,21 +68,88 @@ def test_blank_lines_are_skipped() -> None:
         (b'{"a": NaN}', "invalid_json_line", None),
         (b"\xff\xfe", "invalid_json_line", None),
         (b"[" * 5000 + b"]" * 5000, "invalid_json_line", None),
-        (line(custom_id=...), "invalid_request", "custom_id"),
+        (line(custom_id=...), "missing_required_parameter", "custom_id"),
         (line(custom_id=""), "invalid_request", "custom_id"),
         (line(custom_id=7), "invalid_request", "custom_id"),
         (line(custom_id="x" * 513), "invalid_request", "custom_id"),
         (line(method="GET"), "invalid_request", "method"),
-        (line(url=None), "invalid_request", "url"),
-        (line(url="/v1/embeddings"), "url_mismatch", "url"),
+        (line(method=...), "missing_required_parameter", "method"),
+        (line(url=None), "missing_required_parameter", "url"),
+        (line(url=7), "invalid_request", "url"),
+        (line(url="/v1/embeddings"), "invalid_url", "url"),
         (line(body="text"), "invalid_request", "body"),
-        (line(body={"messages": []}), "invalid_request", "body.model"),
+        (line(body=...), "missing_required_parameter", "body"),
+        (line(body={"messages": [{"role": "user"}]}), "invalid_request", "body.model"),
+        (line(body={"model": "m"}), "invalid_request", "body.messages"),
+        (line(body={"model": "m", "messages": []}), "invalid_request", "body.messages"),
+        (line(body={"model": "m", "messages": "hi"}), "invalid_request", "body.messages"),
+        (
+            line(body={"model": "m", "messages": [{"role": "user"}], "stream": True}),
+            "streaming_unsupported",
+            "body.stream",
+        ),
     ],
 )
 def test_invalid_lines_get_codes(raw: bytes, code: str, param: str | None) -> None:
-    err = parse_line(5, raw, CHAT)
-    assert isinstance(err, BatchError)
+    errors = parse_line(5, raw, CHAT)
+    assert isinstance(errors, list) and len(errors) == 1, errors
+    err = errors[0]
     assert (err.code, err.param, err.line) == (code, param, 5)
+
+
+def test_every_missing_field_of_a_line_is_reported_in_field_order() -> None:
+    errors = parse_line(2, line(custom_id=..., body={"stream": True}), CHAT)
+    assert isinstance(errors, list)
+    assert [(e.code, e.param) for e in errors] == [
+        ("missing_required_parameter", "custom_id"),
+        ("invalid_request", "body.model"),
+        ("invalid_request", "body.messages"),
+        ("streaming_unsupported", "body.stream"),
+    ]
+    assert errors[0].message == "Missing required parameter: 'custom_id'."
+    assert errors[1].message == "Model parameter is required."
+    assert errors[2].message == "Messages parameter is required."
+    assert errors[3].message == "Chat Completions: Streaming is not supported in the Batch API."
+
+
+def test_azure_batches_get_azure_codes() -> None:
+    errors = parse_line(1, line(url="/embeddings", custom_id=...), CHAT, "azure")
+    assert isinstance(errors, list)
+    assert [(e.code, e.param) for e in errors] == [
+        ("invalid_request", "custom_id"),
+        ("url_mismatch", "url"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "params"),
+    [
+        ("/v1/completions", {"model": "m"}, ["body.prompt"]),
+        ("/v1/embeddings", {"model": "m"}, ["body.input"]),
+        ("/v1/responses", {"model": "m"}, ["body.input"]),
+        ("/v1/moderations", {}, ["body.input"]),
+        ("/v1/images/generations", {}, ["body.prompt"]),
+        ("/v1/images/edits", {"prompt": "p"}, ["body.image"]),
+        ("/v1/completions", {}, ["body.model", "body.prompt"]),
+        ("/v1/completions", {"model": "m", "prompt": "p", "stream": True}, ["body.stream"]),
+    ],
+)
+def test_each_endpoint_checks_its_required_fields(
+    endpoint: str, body: dict[str, object], params: list[str]
+) -> None:
+    raw = orjson.dumps({"custom_id": "a", "method": "POST", "url": endpoint, "body": body})
+    errors = parse_line(1, raw, endpoint)
+    assert isinstance(errors, list)
+    assert [e.param for e in errors] == params
+
+
+def test_endpoints_that_default_their_model_route_by_that_default() -> None:
+    raw = orjson.dumps(
+        {"custom_id": "a", "method": "POST", "url": "/v1/moderations", "body": {"input": "x"}}
+    )
+    parsed = parse_line(1, raw, "/v1/moderations")
+    assert isinstance(parsed, Line) and parsed.model == "omni-moderation-latest"
+    assert orjson.loads(parsed.body) == {"input": "x"}  # sent upstream as written
 
 
 async def test_split_lines_across_chunks() -> None:
@@ -103,6 +174,13 @@ def test_result_lines_are_single_line_json() -> None:
     )
     assert orjson.loads(failed)["response"] is None
     assert ok.endswith(b"\n") and ok.count(b"\n") == 1
+
+
+def test_a_line_the_model_refused_has_both_response_and_error() -> None:
+    error = {"code": "invalid_request_error", "message": "no"}
+    line = orjson.loads(result_line("batch_req_3", "c", 400, "req_1", b'{"error":{}}', error))
+    assert line["response"]["status_code"] == 400
+    assert line["error"] == error
 
 
 def test_request_ids_are_stable_and_distinct() -> None:
