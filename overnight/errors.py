@@ -16,6 +16,7 @@ class OvernightError(Exception):
     status_code = 500
     type = "server_error"
     code: str | None = None
+    retryable = False  # a 409 the client should send again later (the SDK retries 409s)
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class NotFound(OvernightError):
 
     status_code = 404
     type = "invalid_request_error"
-    code = "not_found"
+    code: str | None = None  # OpenAI's 404s carry no code
 
 
 class Unauthorized(OvernightError):
@@ -87,7 +88,7 @@ class Conflict(OvernightError):
 
     status_code = 409
     type = "invalid_request_error"
-    code = "conflict"
+    code: str | None = None  # as OpenAI's "Cannot cancel a batch with status ..."
 
 
 class TooManyRequests(OvernightError):

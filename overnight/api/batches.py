@@ -6,9 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
+from overnight.api import idempotency
 from overnight.api.auth import current_project
-from overnight.api.files import services
+from overnight.api.files import is_azure, services
 from overnight.api.limits import has_surrogates, plausible_id
 from overnight.api.schemas import (
     AUTH_ERRORS,
@@ -19,7 +21,9 @@ from overnight.api.schemas import (
     BatchObject,
     ok,
 )
+from overnight.backends.base import ENDPOINTS
 from overnight.cost import annotate
+from overnight.dialect import Dialect
 from overnight.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from overnight.jsonl import normalize_endpoint
 from overnight.models import Batch, BatchStatus, new_batch_id, now
@@ -73,12 +77,38 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
+def _check_batch_id(batch_id: str) -> None:
+    if not batch_id.startswith("batch"):
+        raise InvalidRequest(
+            f"Invalid 'batch_id': {batch_id[:100]!r}. Expected an ID that begins with 'batch'.",
+            param="batch_id",
+            code="invalid_value",
+        )
+
+
 async def _get_batch(request: Request, batch_id: str, project: str) -> Batch:
     svc = services(request)
+    _check_batch_id(batch_id)
     b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
     if b is None:
-        raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
+        raise NotFound(f"No batch found with id {batch_id[:100]!r}.")
     return annotate(b, svc.settings.prices)
+
+
+def supported(values: tuple[str, ...]) -> str:
+    """OpenAI's list: "'a', 'b', and 'c'"."""
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) == 1:
+        return quoted[0]
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def invalid_value(value: str, param: str, values: tuple[str, ...]) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid value: {value[:100]!r}. Supported values are: {supported(values)}.",
+        param=param,
+        code="invalid_value",
+    )
 
 
 def _wake(request: Request) -> None:
@@ -87,32 +117,42 @@ def _wake(request: Request) -> None:
         scheduler.wake()
 
 
-@router.post("/batches", response_model=None, responses=ok(BatchObject) | TOO_MANY)
+@router.post("/batches", response_model=None, responses=ok(BatchObject) | TOO_MANY | CONFLICT)
 async def create_batch(
     request: Request, project: Project, params: Annotated[CreateBatch, Body()]
-) -> dict[str, Any]:
+) -> Response:
+    svc = services(request)
+    key = idempotency.key_of(request)
+
+    async def create() -> tuple[int, dict[str, Any]]:
+        return 200, await _create(request, project, params)
+
+    fields = params.model_dump(mode="json")
+    answer, _ = await idempotency.run_once(
+        svc.store.idempotency, project, key, "batches.create", fields, create
+    )
+    return answer
+
+
+async def _create(request: Request, project: str, params: CreateBatch) -> dict[str, Any]:
     svc = services(request)
     endpoint = normalize_endpoint(params.endpoint)
     if endpoint is None:
-        raise InvalidRequest(
-            f"Invalid endpoint {params.endpoint[:100]!r}; supported: /v1/chat/completions, "
-            "/v1/completions, /v1/embeddings, /v1/responses (or without /v1).",
-            param="endpoint",
-        )
+        raise invalid_value(params.endpoint, "endpoint", ENDPOINTS)
     if params.completion_window != "24h":
-        raise InvalidRequest(
-            "Invalid completion_window: only '24h' is supported.", param="completion_window"
-        )
+        raise invalid_value(params.completion_window, "completion_window", ("24h",))
     _check_metadata(params.metadata)
     file_id = params.input_file_id
-    f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
-    if f is None:
+    if not (file_id.startswith("file") and plausible_id(file_id)):
         raise InvalidRequest(
-            f"Could not find file with ID {params.input_file_id[:100]!r}.",
-            param="file_id",
-            code="invalid_file_id",
+            f"Invalid 'input_file_id': {file_id[:100]!r}. Expected an ID that begins with 'file'.",
+            param="input_file_id",
+            code="invalid_value",
         )
-    if f.purpose != "batch":
+    # An unknown file is not refused here: as on OpenAI, the batch is created and fails
+    # validation with "Cannot find file ...".
+    f = await svc.store.files.get(file_id, project)
+    if f is not None and f.purpose != "batch":
         raise InvalidRequest(
             f"The input file must have purpose 'batch', not {f.purpose!r}.",
             param="input_file_id",
@@ -129,7 +169,8 @@ async def create_batch(
         project=project,
         endpoint=endpoint,
         endpoint_spelling=params.endpoint,
-        input_file_id=f.id,
+        dialect=Dialect.AZURE if is_azure(request) else Dialect.OPENAI,
+        input_file_id=file_id,
         completion_window="24h",
         status=BatchStatus.VALIDATING,
         created_at=created,
@@ -190,9 +231,6 @@ async def cancel_batch(request: Request, batch_id: str, project: Project) -> dic
         if current.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             return current.to_api()
         # What OpenAI answers: 409 (the SDK's ConflictError), and the batch is unchanged.
-        raise Conflict(
-            f"Cannot cancel a batch with status '{current.status}'.",
-            code="batch_not_cancellable",
-        )
+        raise Conflict(f"Cannot cancel a batch with status '{current.status}'.")
     _wake(request)
     return (await _get_batch(request, batch_id, project)).to_api()

@@ -14,9 +14,9 @@ from overnight.errors import InvalidRequest, OvernightError
 
 log = logging.getLogger("overnight.api")
 
-_HTTP_CODES = {
+_HTTP_CODES: dict[int, tuple[str | None, str]] = {
     401: ("invalid_api_key", "invalid_request_error"),
-    404: ("not_found", "invalid_request_error"),
+    404: (None, "invalid_request_error"),
     405: ("method_not_allowed", "invalid_request_error"),
     413: ("request_too_large", "invalid_request_error"),
 }
@@ -40,7 +40,7 @@ def install(app: FastAPI) -> None:
         response = envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code)
         if exc.status_code == 401:
             response.headers["www-authenticate"] = "Bearer"
-        if exc.status_code == 409:
+        if exc.status_code == 409 and not exc.retryable:
             # The SDK retries 409s unless told not to; a state conflict will not resolve itself.
             response.headers["x-should-retry"] = "false"
         return response
@@ -66,11 +66,15 @@ def install(app: FastAPI) -> None:
         return envelope(400, text, InvalidRequest.type, param, "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSON:
         code, type_ = _HTTP_CODES.get(exc.status_code, ("invalid_request", "invalid_request_error"))
         message = str(exc.detail) if exc.detail else "Request failed."
         if exc.status_code == 404 and message == "Not Found":
-            message = "Unknown route."
+            if request.url.path.startswith("/openai/"):
+                # Azure's own answer for a path it does not serve.
+                return JSON({"error": {"code": "404", "message": "Resource not found"}}, 404)
+            # OpenAI's words for a route that does not exist.
+            message = f"Invalid URL ({request.method} {_text(request.url.path, 200)})"
         return envelope(exc.status_code, message, type_, None, code)
 
     @app.exception_handler(ClientDisconnect)

@@ -7,10 +7,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.responses import Response
 
+from overnight.api import idempotency
 from overnight.api.auth import current_project
 from overnight.api.limits import plausible_id
-from overnight.api.responses import JSON
 from overnight.api.schemas import (
     AUTH_ERRORS,
     CONTENT_RESPONSE,
@@ -34,6 +35,7 @@ PURPOSES = frozenset(
 UPLOAD_PURPOSES = PURPOSES - {"batch_output"}
 MIN_TTL, MAX_TTL = 3600, 2_592_000
 BATCH_TTL = 30 * 86400
+EXPIRY_FIELDS = ("anchor", "seconds")
 
 Project = Annotated[str, Depends(current_project)]
 
@@ -79,7 +81,7 @@ def content_disposition(filename: str) -> str:
 async def _get_file(svc: Services, file_id: str, project: str) -> File:
     f = await svc.store.files.get(file_id, project) if plausible_id(file_id) else None
     if f is None:
-        raise NotFound(f"No such File object: {file_id[:100]}", param="file_id")
+        raise NotFound(f"No such File object: {file_id[:100]}", param="id")
     return f
 
 
@@ -90,13 +92,19 @@ async def _get_file(svc: Services, file_id: str, project: str) -> File:
     responses=ok(FileObject),
     openapi_extra=UPLOAD_BODY,
 )
-async def upload_file(request: Request, project: Project) -> JSON:
+async def upload_file(request: Request, project: Project) -> Response:
     svc = services(request)
     s = svc.settings
+    idempotency_key = idempotency.key_of(request)
     file_id = new_file_id()
     key = f"files/{file_id}"
     upload = await receive_upload(
-        request.headers.get("content-type"), request.stream(), svc.blobs, key, s.max_upload_bytes
+        request.headers.get("content-type"),
+        request.stream(),
+        svc.blobs,
+        key,
+        s.max_upload_bytes,
+        digest=idempotency_key is not None,
     )
     try:
         purpose = upload.fields.get("purpose")
@@ -140,11 +148,26 @@ async def upload_file(request: Request, project: Project) -> JSON:
             expires_at=_expiry(upload.fields, purpose, created),
             blob_key=key,
         )
-        await svc.store.files.add(f)
+
+        async def create() -> tuple[int, dict[str, Any]]:
+            await svc.store.files.add(f)
+            return (201 if is_azure(request) else 200), f.to_api()
+
+        params = {
+            "purpose": purpose,
+            "filename": filename,
+            "sha256": upload.sha256,
+            "expires_after": [upload.fields.get(f"expires_after[{k}]") for k in EXPIRY_FIELDS],
+        }
+        answer, replayed = await idempotency.run_once(
+            svc.store.idempotency, project, idempotency_key, "files.create", params, create
+        )
     except BaseException:
         await svc.blobs.delete(key)
         raise
-    return JSON(f.to_api(), status_code=201 if is_azure(request) else 200)
+    if replayed:
+        await svc.blobs.delete(key)  # the first upload's file is the one that counts
+    return answer
 
 
 @router.get("/files", response_model=None, responses=ok(FileList))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,13 +36,15 @@ class Upload:
     size: int = 0
     utf8_ok: bool = True
     has_content: bool = False
+    sha256: str | None = None  # of the file's bytes, when asked for
 
 
 class _Parse:
     """Callbacks of python-multipart's push parser, buffering what async code must write."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, digest: bool = False) -> None:
         self.max_bytes = max_bytes
+        self.hasher = hashlib.sha256() if digest else None
         self.result = Upload()
         self.file_chunks: list[bytes] = []
         self._headers: dict[bytes, bytes] = {}
@@ -112,6 +115,8 @@ class _Parse:
                     self._decoder.decode(chunk)
                 except UnicodeDecodeError:
                     self.result.utf8_ok = False
+            if self.hasher is not None:
+                self.hasher.update(chunk)
             self.file_chunks.append(chunk)
         else:
             self._field_buf += chunk
@@ -145,8 +150,11 @@ async def receive_upload(
     blobs: BlobStore,
     key: str,
     max_bytes: int,
+    digest: bool = False,
 ) -> Upload:
-    """Parse the request body; the file part is written to `key` (left uncommitted on error)."""
+    """Parse the request body; the file part is written to `key` (left uncommitted on error).
+
+    `digest`: also hash the file's bytes (for Idempotency-Key fingerprints)."""
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data":
         raise InvalidRequest(
@@ -155,7 +163,7 @@ async def receive_upload(
     boundary = params.get(b"boundary")
     if not boundary or len(boundary) > 200:
         raise InvalidRequest("The multipart body has no valid boundary.")
-    state = _Parse(max_bytes)
+    state = _Parse(max_bytes, digest)
     callbacks = {
         name: getattr(state, name)
         for name in (
@@ -197,4 +205,6 @@ async def receive_upload(
     finally:
         if writer is not None:
             await writer.abort()
+    if state.hasher is not None:
+        state.result.sha256 = state.hasher.hexdigest()
     return state.result

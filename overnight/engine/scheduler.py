@@ -174,6 +174,7 @@ class Scheduler:
             cutoff = int(t) - svc.settings.retention_days * 86400
             purged = await ledger.purge_finished(cutoff)
             await svc.store.files.purge_tombstones(cutoff)
+            await svc.store.idempotency.purge(int(t))
             if purged:
                 log.info("removed %d ledger rows of batches finished long ago", purged)
 

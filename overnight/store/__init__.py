@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from overnight.store.batches import BatchRepo
 from overnight.store.database import create_engine, create_schema, is_sqlite
 from overnight.store.files import FileRepo
+from overnight.store.idempotency import IdempotencyRepo
 from overnight.store.keys import KeyRepo
 from overnight.store.ledger import Ledger
 
@@ -20,6 +21,7 @@ class Store:
     batches: BatchRepo
     ledger: Ledger
     keys: KeyRepo
+    idempotency: IdempotencyRepo
 
     @property
     def single_process(self) -> bool:
@@ -33,4 +35,11 @@ class Store:
 async def open_store(url: str) -> Store:
     engine = create_engine(url)
     await create_schema(engine)
-    return Store(engine, FileRepo(engine), BatchRepo(engine), Ledger(engine), KeyRepo(engine))
+    return Store(
+        engine,
+        FileRepo(engine),
+        BatchRepo(engine),
+        Ledger(engine),
+        KeyRepo(engine),
+        IdempotencyRepo(engine),
+    )

@@ -102,8 +102,8 @@ def test_create_batch_errors(server: Server) -> None:
     assert error["param"] == "endpoint"
     error = _raises(openai.BadRequestError, create(completion_window="48h"), 400)
     assert error["param"] == "completion_window"
-    error = _raises(openai.BadRequestError, create(input_file_id="file-doesnotexist"), 400)
-    assert error["param"] == "file_id"
+    error = _raises(openai.BadRequestError, create(input_file_id="not-a-file-id"), 400)
+    assert (error["code"], error["param"]) == ("invalid_value", "input_file_id")
     metadata = {f"k{i}": "v" for i in range(17)}
     error = _raises(openai.BadRequestError, create(metadata=metadata), 400)
     assert error["param"] == "metadata"

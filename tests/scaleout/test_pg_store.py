@@ -70,7 +70,8 @@ async def test_sqlite_migrations_match_schema_and_adopt_old_data_dirs(tmp_path: 
     # A data dir from before migrations: made by create_all, without api_keys.
     old = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
     async with old.begin() as conn:
-        tables = [t for t in metadata.sorted_tables if t.name != "api_keys"]
+        old_tables = {"files", "batches", "requests"}  # 0001's, without api_keys
+        tables = [t for t in metadata.sorted_tables if t.name in old_tables]
         await conn.run_sync(lambda c: metadata.create_all(c, tables=tables))
         await conn.exec_driver_sql("DROP INDEX ix_requests_leased")
         await conn.execute(
@@ -87,7 +88,7 @@ async def test_sqlite_migrations_match_schema_and_adopt_old_data_dirs(tmp_path: 
         )
     await create_schema(old)
     async with old.connect() as conn:
-        assert await conn.run_sync(current_revision) == "0001"
+        assert await conn.run_sync(current_revision) == head_revision()
         assert await conn.run_sync(_diff) == []
         assert (await conn.execute(select(files.c.id))).scalars().all() == ["file-1"]
         assert await conn.run_sync(lambda c: inspect(c).has_table(api_keys.name))
@@ -157,3 +158,25 @@ async def test_expired_lease_is_taken_over_and_a_late_result_is_dropped(pg_url: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_idempotency_keys_expire_and_stale_reservations_free_up(tmp_path: Path) -> None:
+    from overnight.store.idempotency import KEY_TTL, STALE_RESERVATION
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+    try:
+        repo, t = store.idempotency, 1_000_000
+        assert await repo.reserve("p", "k", "fp1", t) is None
+        held = await repo.reserve("p", "k", "fp1", t + 1)
+        assert held is not None and held.status_code is None  # still running
+        # The process that reserved it died: after a while the key is free again.
+        assert await repo.reserve("p", "k", "fp2", t + STALE_RESERVATION + 1) is None
+        await repo.complete("p", "k", 200, '{"id": "x"}')
+        kept = await repo.reserve("p", "k", "fp2", t + KEY_TTL)
+        assert kept is not None and kept.response == '{"id": "x"}'
+        assert await repo.reserve("other", "k", "fp2", t) is None  # per project
+        # "p"'s key is past its day; "other"'s reservation never completed.
+        assert await repo.purge(t + STALE_RESERVATION + KEY_TTL + 2) == 2
+        assert await repo.reserve("p", "k", "fp3", t + STALE_RESERVATION + KEY_TTL + 2) is None
+    finally:
+        await store.close()

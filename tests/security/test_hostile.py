@@ -224,7 +224,8 @@ def _req(method: str, path: str, **kw: Any) -> Send:
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
-NOT_FOUND, BAD, AUTH = "not_found", "invalid_request", "invalid_api_key"
+NOT_FOUND, BAD, AUTH = None, "invalid_request", "invalid_api_key"  # OpenAI 404s: code null
+VALUE = "invalid_value"
 MISSING = "missing_required_parameter"
 
 CASES: list[Case] = [
@@ -260,7 +261,8 @@ CASES: list[Case] = [
     Case("id-sql-batch", _get("/v1/batches/batch_x;DROP%20TABLE%20batches;--"), 404, NOT_FOUND),
     Case("id-nul", _get("/v1/files/file-%00"), 404, NOT_FOUND),
     Case("id-invalid-utf8", _get("/v1/files/%FF%FE%FD"), 404, NOT_FOUND),
-    Case("id-1000-chars", _get("/v1/batches/" + "b" * 1000), 404, NOT_FOUND),
+    Case("id-1000-chars", _get("/v1/batches/" + "b" * 1000), 400, VALUE),
+    Case("id-1000-chars-batch", _get("/v1/batches/batch_" + "b" * 1000), 404, NOT_FOUND),
     Case("id-wildcard-delete", _req("DELETE", "/v1/files/%25"), 404, NOT_FOUND),
     Case("id-nul-cancel", _req("POST", "/v1/batches/batch_%00/cancel"), 404, NOT_FOUND),
     Case("id-like-pattern-content", _get("/v1/files/file-%25%25/content"), 404, NOT_FOUND),
@@ -312,7 +314,7 @@ CASES: list[Case] = [
             '"completion_window": "24h", "completion_window": "48h"}'
         ),
         400,
-        BAD,
+        VALUE,
     ),
     Case(
         "json-2mb-body",
@@ -373,13 +375,20 @@ CASES: list[Case] = [
         "input-file-sql",
         lambda c: c.create(input_file_id="file-' OR 1=1; --"),
         400,
-        "invalid_file_id",
+        VALUE,
     ),
     Case(
         "input-file-path",
         lambda c: c.create(input_file_id="../../data/overnight.db"),
         400,
-        "invalid_file_id",
+        VALUE,
+    ),
+    Case(
+        "input-file-unknown",
+        lambda c: c.create(input_file_id="file-doesnotexist"),
+        200,
+        None,
+        ("failed", "invalid_request"),  # OpenAI: created, then "Cannot find file ..."
     ),
     Case("input-file-10kb", lambda c: c.create(input_file_id="f" * 10_000), 400, BAD),
     Case("input-file-number", lambda c: c.create(input_file_id=7), 400, BAD),
@@ -388,10 +397,10 @@ CASES: list[Case] = [
         "endpoint-url",
         lambda c: c.create(endpoint="http://169.254.169.254/latest/meta-data"),
         400,
-        BAD,
+        VALUE,
     ),
-    Case("endpoint-traversal", lambda c: c.create(endpoint="/v1/../../admin"), 400, BAD),
-    Case("window-nul", lambda c: c.create(completion_window="24h\x00"), 400, BAD),
+    Case("endpoint-traversal", lambda c: c.create(endpoint="/v1/../../admin"), 400, VALUE),
+    Case("window-nul", lambda c: c.create(completion_window="24h\x00"), 400, VALUE),
     Case(
         "expiry-negative",
         lambda c: c.create(output_expires_after={"anchor": "created_at", "seconds": -1}),
@@ -410,7 +419,7 @@ CASES: list[Case] = [
         "cancel-completed",
         lambda c: c.m.post(f"/v1/batches/{c.completed}/cancel"),
         409,
-        "batch_not_cancellable",
+        None,
         None,
         _still_completed,
     ),
@@ -418,7 +427,7 @@ CASES: list[Case] = [
         "cancel-failed",
         lambda c: c.m.post(f"/v1/batches/{c.failed}/cancel"),
         409,
-        "batch_not_cancellable",
+        None,
     ),
     Case(
         "cancel-cancelled-again", lambda c: c.m.post(f"/v1/batches/{c.cancelled}/cancel"), 200, None
@@ -740,7 +749,7 @@ CASES: list[Case] = [
         lambda c: c.batch_of(jsonl([line(url="http://169.254.169.254/v1/chat/completions")])),
         200,
         None,
-        ("failed", "url_mismatch"),
+        ("failed", "invalid_url"),
     ),
     Case(
         "method-get",
