@@ -33,8 +33,8 @@ from overnight.webhooks import outcomes as webhook_outcomes
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 # What became of one attempt to send a request upstream.
-OUTCOMES = ("ok", "error_response", "retried", "gave_up", "internal_error")
-OK, ERROR_RESPONSE, RETRIED, GAVE_UP, INTERNAL_ERROR = range(len(OUTCOMES))
+OUTCOMES = ("ok", "error_response", "retried", "gave_up", "internal_error", "unreachable")
+OK, ERROR_RESPONSE, RETRIED, GAVE_UP, INTERNAL_ERROR, UNREACHABLE = range(len(OUTCOMES))
 
 
 class RouteStats:
@@ -80,7 +80,8 @@ def _engine_families() -> Iterator[Metric]:
         "overnight_upstream_requests",
         "Attempts to send a batch request upstream, by route and outcome "
         "(ok: 2xx; error_response: final non-2xx answer; retried: transient, sent again later; "
-        "gave_up: transient and out of attempts; internal_error: a bug in overnight).",
+        "gave_up: transient and out of attempts; internal_error: a bug in overnight; "
+        "unreachable: no connection could be made, sent again without spending an attempt).",
         labels=["route", "outcome"],
     )
     latency = HistogramMetricFamily(

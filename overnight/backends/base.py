@@ -61,6 +61,8 @@ class TransientError(Exception):
     exhausts its retries is reported with what the upstream actually said.
     `overloaded` marks signals that the upstream is past its capacity
     (429, 503, timeouts): the concurrency limiter backs off on those.
+    `unsent`: no connection could be made, so nothing was sent and no attempt is
+    spent; `route_down`: no replica of the route can be reached (its breaker opens).
     """
 
     def __init__(
@@ -71,6 +73,8 @@ class TransientError(Exception):
         response: Response | None = None,
         overloaded: bool = False,
         code: str = "upstream_error",
+        unsent: bool = False,
+        route_down: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -78,6 +82,8 @@ class TransientError(Exception):
         self.response = response
         self.overloaded = overloaded
         self.code = code
+        self.unsent = unsent
+        self.route_down = route_down
 
 
 class UnusableAnswer(Exception):

@@ -22,12 +22,29 @@ from urllib.parse import urlsplit
 import httptools
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+# What all answers of one pool may hold in memory at once, however many are in flight.
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+# An answer's head, as h11 and Node bound it: a server repeating a header forever is cut off.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 256
 KEEPALIVE_SECONDS = 30.0
 CONNECT_TIMEOUT = 10.0
 
 
 class ProtocolError(Exception):
     """The upstream's bytes are not a usable HTTP answer (garbage, too large, cut short)."""
+
+
+class ConnectFailed(OSError):
+    """No connection could be opened: the request was never sent."""
+
+
+class _Budget:
+    """Bytes held by the answers of one pool that are still being received."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 @dataclass(slots=True)
@@ -40,16 +57,20 @@ class HTTPResponse:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries one exchange at a time."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, budget: _Budget) -> None:
         self.max_body = max_body
+        self.budget = budget
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[HTTPResponse] | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, list[str]] = {}
+        self._header_bytes = 0
+        self._header_count = 0
         self._chunks: list[bytes] = []
         self._size = 0
+        self._held = 0  # bytes of `_chunks` counted in the pool's budget
         self._headers_done = False
         self._to_close = False  # the answer's end is the end of the connection
         self._keep_alive = False
@@ -62,16 +83,19 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.waiter is None or self.waiter.done():
-            return
-        if self._headers_done and self._to_close:
-            self._keep_alive = False
-            self._finish()
-        else:
-            self._fail(ConnectionResetError("the upstream closed the connection mid-answer"))
+        if self.waiter is not None and not self.waiter.done():
+            if self._headers_done and self._to_close:
+                self._keep_alive = False
+                self._finish()
+            else:
+                self._fail(ConnectionResetError("the upstream closed the connection mid-answer"))
+        # The parser and this protocol point at each other: drop the parser and what was
+        # buffered now, not when the garbage collector finds the cycle.
+        self._drop_body()
+        self.parser = None
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:
+        if self.waiter is None or self.parser is None:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self.close()
             return
@@ -91,15 +115,24 @@ class _Connection(asyncio.Protocol):
             # A second answer to one request: the framing can no longer be trusted.
             raise ProtocolError("unsolicited answer")  # data_received closes
         self._headers = {}
-        self._chunks = []
-        self._size = 0
+        self._header_bytes = 0
+        self._header_count = 0
+        self._drop_body()
         self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        old = self._headers.get(key)
-        self._headers[key] = text if old is None else f"{old}, {text}"
+        self._header_bytes += len(name) + len(value)
+        self._header_count += 1
+        if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
+            self._fail(
+                ProtocolError(
+                    f"the upstream's answer head is over {MAX_HEADER_BYTES} bytes "
+                    f"or {MAX_HEADERS} headers"
+                )
+            )
+            raise ProtocolError("head too large")  # stops the parser; data_received closes
+        # Repeated headers are collected and joined once (joining as they come is quadratic).
+        self._headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -107,13 +140,25 @@ class _Connection(asyncio.Protocol):
         self._to_close = "content-length" not in h and "transfer-encoding" not in h
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
+        size = len(body)
+        self._size += size
         if self._size > self.max_body:
             self._fail(ProtocolError(f"the upstream's answer is larger than {self.max_body} bytes"))
             raise ProtocolError("answer too large")  # stops the parser; data_received closes
+        budget = self.budget
+        if budget.used + size > budget.limit:
+            self._fail(
+                ProtocolError(
+                    f"the answers in flight from this upstream hold over {budget.limit} bytes"
+                )
+            )
+            raise ProtocolError("too much buffered")
+        budget.used += size
+        self._held += size
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        assert self.parser is not None
         if 100 <= self.parser.get_status_code() < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
         self._keep_alive = self.parser.should_keep_alive()
@@ -121,23 +166,32 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange
 
+    def _drop_body(self) -> None:
+        self.budget.used -= self._held
+        self._held = 0
+        self._chunks = []
+        self._size = 0
+
     def _finish(self) -> None:
         waiter, self.waiter = self.waiter, None
-        if waiter is None or waiter.done():
+        if waiter is None or waiter.done() or self.parser is None:
+            self._drop_body()
             return
         body = b"".join(self._chunks)
-        self._chunks = []
+        self._drop_body()
+        headers = {k: ", ".join(v) for k, v in self._headers.items()}
         try:
-            body = _decode(body, self._headers.get("content-encoding"), self.max_body)
+            body = _decode(body, headers.get("content-encoding"), self.max_body)
         except zlib.error:
             waiter.set_exception(ProtocolError("the upstream's compressed answer is corrupt"))
             return
         except ProtocolError as exc:
             waiter.set_exception(exc)
             return
-        waiter.set_result(HTTPResponse(self.parser.get_status_code(), self._headers, body))
+        waiter.set_result(HTTPResponse(self.parser.get_status_code(), headers, body))
 
     def _fail(self, exc: BaseException) -> None:
+        self._drop_body()
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -154,6 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._drop_body()
         if self.transport is not None:
             self.transport.abort()
 
@@ -196,6 +251,7 @@ class ConnectionPool:
         origin: str,
         *,
         max_body: int = DEFAULT_MAX_BODY,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
         connect_timeout: float = CONNECT_TIMEOUT,
         keepalive: float = KEEPALIVE_SECONDS,
         ssl_context: ssl.SSLContext | None = None,
@@ -210,6 +266,7 @@ class ConnectionPool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = (host if default_port else f"{host}:{self.port}").encode("idna")
         self.max_body = max_body
+        self.budget = _Budget(max(max_buffered, max_body))
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
@@ -218,15 +275,20 @@ class ConnectionPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        max_body = self.max_body
-        async with asyncio.timeout(self.connect_timeout):
-            _transport, conn = await loop.create_connection(
-                lambda: _Connection(max_body),
-                self.host,
-                self.port,
-                ssl=self._ssl,
-                server_hostname=self.host if self.tls else None,
-            )
+        max_body, budget = self.max_body, self.budget
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _transport, conn = await loop.create_connection(
+                    lambda: _Connection(max_body, budget),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self.tls else None,
+                )
+        except ssl.SSLError:
+            raise  # reached, but the TLS handshake failed: not an outage
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
         self._all.add(conn)
         return conn
 

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import orjson
 
 from overnight.backends.base import Backend, Response, TransientError, UnusableAnswer
-from overnight.backends.http1 import ConnectionPool, ProtocolError
+from overnight.backends.http1 import ConnectFailed, ConnectionPool, ProtocolError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524})
 OVERLOAD_STATUS = frozenset({429, 503})
@@ -121,6 +121,14 @@ class OpenAIHTTPBackend(Backend):
             return await self.send(endpoint, orjson.loads(body))
         return await self._post(endpoint, body)
 
+    @staticmethod
+    def _mark_down(replica: _Replica) -> float:
+        """Avoid a replica that failed, for longer each time in a row; returns now."""
+        now = time.monotonic()
+        replica.failures += 1
+        replica.down_until = now + min(30.0, 0.5 * 2 ** min(replica.failures, 6))
+        return now
+
     async def _post(self, endpoint: str, data: bytes) -> Response:
         replica = self._pick()
         path = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
@@ -134,9 +142,21 @@ class OpenAIHTTPBackend(Backend):
                 overloaded=True,
                 code="request_timeout",
             ) from None
-        except (ProtocolError, OSError) as exc:
-            replica.failures += 1
-            replica.down_until = time.monotonic() + min(30.0, 0.5 * 2 ** min(replica.failures, 6))
+        except ConnectFailed as exc:
+            now = self._mark_down(replica)
+            raise TransientError(
+                f"Could not connect to the upstream ({exc}).",
+                code="upstream_unreachable",
+                unsent=True,
+                route_down=all(r.down_until > now for r in self.replicas),
+            ) from None
+        except ProtocolError as exc:
+            # It answered, but not in usable HTTP (cut off: too large, endless, garbage).
+            raise TransientError(
+                f"The upstream's answer was unusable: {exc}.", code="invalid_upstream_response"
+            ) from None
+        except OSError as exc:
+            self._mark_down(replica)
             raise TransientError(
                 f"Could not reach the upstream: {type(exc).__name__}.", code="upstream_unreachable"
             ) from None

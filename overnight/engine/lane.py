@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overnight.backends.base import Backend
+from overnight.engine.breaker import Breaker
 from overnight.engine.limits import Limiter
+from overnight.store.faults import log_failure
 from overnight.store.ledger import Claimed, Ledger
 
 log = logging.getLogger("overnight.lane")
@@ -47,9 +49,10 @@ class Lane:
     key: str
     backend: Backend
     limiter: Limiter
+    breaker: Breaker
     ledger: Ledger
     owner: str
-    execute: Callable[[Lane, Item], Awaitable[None]]
+    execute: Callable[[Lane, Item, bool], Awaitable[None]]
     claim_chunk: int = 256
     lease_seconds: float = 60.0
     poll_interval: float = 0.2
@@ -62,6 +65,11 @@ class Lane:
     _has_work: asyncio.Event = field(default_factory=asyncio.Event)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    draining: bool = False
+    # What the lane holds besides its queue, so that a stop hands every lease back.
+    _held: dict[asyncio.Task[Any], Item] = field(default_factory=dict)  # taken, maybe sent
+    _sending: set[asyncio.Task[Any]] = field(default_factory=set)
+    _waiting: dict[asyncio.TimerHandle, Item] = field(default_factory=dict)  # backoffs
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._feed(), name=f"feed:{self.key}"))
@@ -103,9 +111,11 @@ class Lane:
 
         def requeue() -> None:
             self.retrying -= 1
+            self._waiting.pop(handle, None)
             self.queue.put_nowait(item)
 
-        asyncio.get_running_loop().call_later(delay, requeue)
+        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        self._waiting[handle] = item
 
     async def _feed(self) -> None:
         while True:
@@ -125,8 +135,8 @@ class Lane:
                 claimed = await self.ledger.claim(
                     batch.seq, self.owner, want, time.time() + self.lease_seconds
                 )
-            except Exception:
-                log.exception("claim failed for batch %s", batch.id)
+            except Exception as exc:
+                log_failure(log, exc, "claim failed for batch %s", batch.id)
                 await asyncio.sleep(1.0)
                 continue
             if len(claimed) < want:
@@ -141,37 +151,72 @@ class Lane:
                 self._grew.clear()
                 await self._grew.wait()
                 continue
+            # An unreachable route: wait here, before taking a request, so requests of
+            # batches that stop meanwhile are still in the queue to be handed back.
+            probe = await self.breaker.admit() if self.breaker.open else False
             item = await self.queue.get()
             if self.queue.qsize() < self._low_water():
                 self._has_work.set()  # refill before the queue runs dry
+            me = asyncio.current_task()
+            assert me is not None
+            self._held[me] = item
             self.busy += 1
+            cancelled = False
             try:
                 if limiter.gated:
                     await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
-                if item.batch.seq not in self.batches:
-                    # Stopped (cancel, expiry) while waiting: never sent.
+                if item.batch.seq not in self.batches or self.draining:
+                    # Stopped (cancel, expiry, shutdown) while waiting: never sent.
                     await self.ledger.release(self.owner, [item.req.id])
                     continue
-                await self.execute(self, item)
+                self._sending.add(me)
+                await self.execute(self, item, probe)
+                probe = False
             except asyncio.CancelledError:
+                cancelled = True  # what it held stays in `_held`, for `stop` to hand back
                 raise
             except Exception:
                 log.exception("worker error on %s", self.key)
             finally:
+                self._sending.discard(me)
+                if not cancelled:
+                    self._held.pop(me, None)
                 self.busy -= 1
+                if probe:
+                    self.breaker.release_probe()
 
-    async def stop(self) -> None:
-        feeder, workers = self._tasks[:1], self._tasks[1:]
-        for t in feeder:
-            t.cancel()
-        # Let requests in flight finish (their results are recorded), then stop.
-        deadline = time.monotonic() + 10.0
-        while self.busy and time.monotonic() < deadline:
+    def begin_drain(self) -> None:
+        """Shutting down: claim nothing more and send nothing more, at once. Requests
+        already sent go on until `stop` (their answers are billed generations)."""
+        if self.draining:
+            return
+        self.draining = True
+        for task in self._tasks:
+            if task not in self._sending:
+                task.cancel()  # the feeder, and workers not sending (what they hold is kept)
+
+    async def stop(self, deadline: float) -> None:
+        """Wait for the requests in flight until `deadline` (monotonic), then hand every
+        lease this lane holds back to the ledger, so nothing waits for a lease to expire."""
+        self.begin_drain()
+        while self._sending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for t in workers:
-            t.cancel()
+        late = len(self._sending)
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        queued = []
+        held = [item.req.id for item in self._held.values()]
+        for handle, item in self._waiting.items():
+            handle.cancel()
+            held.append(item.req.id)
+        self._waiting.clear()
         while not self.queue.empty():
-            queued.append(self.queue.get_nowait().req.id)
-        await self.ledger.release(self.owner, queued)
+            held.append(self.queue.get_nowait().req.id)
+        if late:
+            log.warning(
+                "%s: %d requests still unanswered at the end of the shutdown grace period; "
+                "they will be sent again",
+                self.key,
+                late,
+            )
+        await self.ledger.release(self.owner, held)

@@ -7,6 +7,7 @@ lanes as batches appear and turns every answer, or the lack of one, into an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import Any
@@ -14,10 +15,19 @@ from typing import Any
 import orjson
 
 from overnight.backends.base import Response, TransientError, UnusableAnswer
+from overnight.engine.breaker import Breaker
 from overnight.engine.lane import ActiveBatch, Item, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.results import ResultSink
-from overnight.metrics import ERROR_RESPONSE, GAVE_UP, INTERNAL_ERROR, OK, RETRIED, route_stats
+from overnight.metrics import (
+    ERROR_RESPONSE,
+    GAVE_UP,
+    INTERNAL_ERROR,
+    OK,
+    RETRIED,
+    UNREACHABLE,
+    route_stats,
+)
 from overnight.models import Usage
 from overnight.services import Services
 from overnight.store.ledger import Outcome
@@ -100,6 +110,7 @@ class Runner:
             key,
             backend,
             limiter,
+            Breaker(key),
             self.svc.store.ledger,
             self.svc.owner,
             self.execute,
@@ -119,16 +130,29 @@ class Runner:
     def idle(self) -> bool:
         return all(lane.idle for lane in self.lanes.values())
 
-    async def execute(self, lane: Lane, item: Item) -> None:
-        """Send one request once; record its outcome, or queue it again after a backoff."""
+    async def execute(self, lane: Lane, item: Item, probe: bool = False) -> None:
+        """Send one request once; record its outcome, or queue it again after a backoff.
+
+        `probe`: the request tests a route whose breaker is half-open."""
         req = item.req
         req.attempts += 1
         epoch = lane.limiter.epoch
         stats = route_stats(lane.key)
         started = stats.sent()
+        breaker = lane.breaker
         try:
             response = await lane.backend.send_raw(item.batch.endpoint, req.body)
         except TransientError as exc:
+            if exc.unsent:
+                # Nothing reached the upstream: no attempt spent, and an outage of the
+                # whole route pauses it instead of failing its requests.
+                req.attempts -= 1
+                stats.done(started, UNREACHABLE)
+                if exc.route_down:
+                    breaker.unreachable(probe)
+                lane.retry_later(item, 0.0)
+                return
+            breaker.reached()
             if exc.overloaded:
                 headers = exc.response.headers if exc.response else None
                 lane.limiter.on_overload(exc.retry_after, headers, epoch)
@@ -143,6 +167,7 @@ class Runner:
                 lane.retry_later(item, self._backoff(req.attempts, exc.retry_after))
             return
         except UnusableAnswer as exc:
+            breaker.reached()
             lane.limiter.on_success(exc.headers)
             stats.done(started, ERROR_RESPONSE)
             self.sink.add(self._no_answer(item, "invalid_upstream_response", exc.message))
@@ -153,6 +178,10 @@ class Runner:
             message = f"overnight failed to run this request: {type(exc).__name__}"
             self.sink.add(self._no_answer(item, "internal_error", message))
             return
+        finally:
+            if probe:
+                breaker.release_probe()  # a no-op once the probe's outcome was told
+        breaker.reached()
         lane.limiter.on_success(response.headers)
         outcome = self._answered(item, response)
         stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
@@ -198,7 +227,12 @@ class Runner:
         message = f"{exc.message} Gave up after {item.req.attempts} attempts."
         return self._no_answer(item, exc.code, message)
 
-    async def stop(self) -> None:
+    def begin_drain(self) -> None:
         for lane in self.lanes.values():
-            await lane.stop()
+            lane.begin_drain()
+
+    async def stop(self, deadline: float) -> None:
+        """Let requests in flight answer until `deadline` (monotonic), record every result,
+        and hand back the leases of what was not sent."""
+        await asyncio.gather(*(lane.stop(deadline) for lane in self.lanes.values()))
         await self.sink.stop()

@@ -29,6 +29,8 @@ class StubConfig:
     )
     reset_rate: float = _opt(0.0, "fraction whose connection is reset without an answer")
     hang_rate: float = _opt(0.0, "fraction never answered (until the client gives up)")
+    endless_body_rate: float = _opt(0.0, "fraction answered 200 with a body that never ends")
+    endless_header_rate: float = _opt(0.0, "fraction answered 200, then one header forever")
     fail_first_n: int = _opt(0, "the first N receipts of each distinct body answer 500")
     rpm: int | None = _opt(None, "requests per rate_window before 429")
     tpm: int | None = _opt(None, "tokens (prompt + max/completion) per rate_window before 429")
@@ -36,12 +38,20 @@ class StubConfig:
     max_concurrency: int | None = _opt(None, "answer 429 while more requests are in flight")
     require_api_key: str | None = _opt(None, "401 unless `Authorization: Bearer` or api-key")
     seed: int | None = _opt(None, "seed for the random choices (latency jitter, fault rates)")
+    usage_tokens: int | None = _opt(None, "claim this many input tokens in every usage")
     embedding_dim: int = _opt(16, "embedding length when the request has no `dimensions`")
     max_received: int = _opt(10000, "how many received requests /_received keeps")
     max_lifetime: float | None = _opt(None, "the process exits by itself after this (CLI)")
 
     def validate(self) -> StubConfig:
-        rates = ("fail_rate", "garbage_rate", "reset_rate", "hang_rate")
+        rates = (
+            "fail_rate",
+            "garbage_rate",
+            "reset_rate",
+            "hang_rate",
+            "endless_body_rate",
+            "endless_header_rate",
+        )
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")

@@ -190,6 +190,28 @@ async def _drop(receive: _Receive) -> None:
         pass
 
 
+_ENDLESS_BODY_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_ENDLESS_CHUNK = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+_ENDLESS_HEADER_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+
+
+async def _endless(receive: _Receive, head: bytes, repeat: bytes) -> None:
+    """Write `head`, then `repeat` forever, on the raw connection, until the client leaves
+    (an upstream that never finishes its body, or its headers)."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("endless answers need uvicorn's connection")
+    transport.write(head)
+    while not transport.is_closing():
+        if transport.get_write_buffer_size() > 1 << 20:
+            await asyncio.sleep(0.001)
+            continue
+        transport.write(repeat * 16)
+        await asyncio.sleep(0)
+
+
 async def _respond(
     send: _Send, rid: str, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -342,6 +364,11 @@ class StubApp:
             return await self._answer(
                 send, rid, 400, _error(str(exc), "invalid_request_error", exc.param, None)
             )
+        usage = answer.get("usage") if cfg.usage_tokens is not None else None
+        if isinstance(usage, dict):  # an upstream whose numbers cannot be trusted
+            for name in ("prompt_tokens", "input_tokens"):
+                if name in usage:
+                    usage[name] = cfg.usage_tokens
         if cfg.max_concurrency is not None and self.in_flight > cfg.max_concurrency:
             message = f"Too many concurrent requests (limit {cfg.max_concurrency})."
             return await self._answer(
@@ -369,6 +396,12 @@ class StubApp:
             status = cfg.status_override
             payload = _status_error(status) if status >= 400 else orjson.dumps(answer)
             return await self._answer(send, rid, status, payload, headers)
+        if cfg.endless_body_rate or cfg.endless_header_rate:
+            roll = self.rng.random()
+            if roll < cfg.endless_body_rate:
+                return await _endless(receive, _ENDLESS_BODY_HEAD, _ENDLESS_CHUNK)
+            if roll < cfg.endless_body_rate + cfg.endless_header_rate:
+                return await _endless(receive, _ENDLESS_HEADER_HEAD, b"X-Again: again\r\n")
         if cfg.reset_rate or cfg.hang_rate or cfg.garbage_rate or cfg.fail_rate:
             roll = self.rng.random()
             if roll < cfg.reset_rate:
