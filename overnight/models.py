@@ -99,10 +99,12 @@ class Usage:
     reasoning_tokens: int = 0
 
     def add(self, other: Usage) -> None:
-        self.input_tokens += other.input_tokens
-        self.cached_tokens += other.cached_tokens
-        self.output_tokens += other.output_tokens
-        self.reasoning_tokens += other.reasoning_tokens
+        """Saturating sums: a batch's totals never pass MAX_TOTAL_TOKENS."""
+        cap = MAX_TOTAL_TOKENS
+        self.input_tokens = min(cap, self.input_tokens + other.input_tokens)
+        self.cached_tokens = min(cap, self.cached_tokens + other.cached_tokens)
+        self.output_tokens = min(cap, self.output_tokens + other.output_tokens)
+        self.reasoning_tokens = min(cap, self.reasoning_tokens + other.reasoning_tokens)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -130,11 +132,21 @@ class Usage:
         return cls(inp, cached, out, reasoning)
 
 
+# What one answer may claim, at most, per kind of token: far beyond any model's context,
+# and small enough that sums over every request of a batch stay exact 64-bit integers.
+MAX_ANSWER_TOKENS = 2**31 - 1
+# Where a batch's running sums stop (saturate) rather than overflow a 64-bit column.
+MAX_TOTAL_TOKENS = 2**62
+
+
 def _int(value: Any) -> int:
+    """A token count from an upstream's answer: untrusted, so bounded where it enters."""
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return max(0, min(value, 2**62))
+        return max(0, min(value, MAX_ANSWER_TOKENS))
+    if isinstance(value, float) and value == value and value not in (float("inf"), -float("inf")):
+        return max(0, min(int(value), MAX_ANSWER_TOKENS))
     return 0
 
 

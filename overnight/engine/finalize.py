@@ -11,6 +11,7 @@ from overnight.blobs.base import BlobWriter
 from overnight.jsonl import request_id, result_line
 from overnight.models import BatchStatus, File, RequestState, new_file_id, now
 from overnight.services import Services
+from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.finalize")
@@ -68,12 +69,20 @@ class _Output:
 async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
     """Finish `row`: reason None (all done), "cancel" or "expire". Safe to re-run after a crash."""
     ledger = svc.store.ledger
+    what = f"finalizing {row.id}"
     if reason in STOP_ERRORS:
         code, message = STOP_ERRORS[reason]
-        await ledger.close_open(row.seq, orjson.dumps({"code": code, "message": message}).decode())
+        stop_error = orjson.dumps({"code": code, "message": message}).decode()
+        await retrying(lambda: ledger.close_open(row.seq, stop_error), what)
     elif row.status == BatchStatus.IN_PROGRESS:
-        await svc.store.batches.transition(
-            row.id, [BatchStatus.IN_PROGRESS], status=BatchStatus.FINALIZING, finalizing_at=now()
+        await retrying(
+            lambda: svc.store.batches.transition(
+                row.id,
+                [BatchStatus.IN_PROGRESS],
+                status=BatchStatus.FINALIZING,
+                finalizing_at=now(),
+            ),
+            what,
         )
 
     output = _Output(svc, row.id, "output")
@@ -104,7 +113,7 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
         await errors.abort()
         raise
 
-    counts, usage = await ledger.counts(row.seq)
+    counts, usage = await retrying(lambda: ledger.counts(row.seq), what)
     t = now()
     ttl = OUTPUT_TTL
     if row.output_expires_after:
@@ -148,12 +157,30 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
             )
         )
     from_states = [BatchStatus.FINALIZING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]
-    async with svc.store.engine.begin() as conn:
-        for f in new_files:
-            await svc.store.files.add(f, conn)
-        done = await svc.store.batches.transition(row.id, from_states, conn=conn, **values)
-        if not done:
+
+    ours = {f.id for f in new_files}
+
+    async def close_batch() -> bool:
+        async with svc.store.engine.begin() as conn:
+            if await svc.store.batches.transition(row.id, from_states, conn=conn, **values):
+                for f in new_files:
+                    await svc.store.files.add(f, conn)
+                return True
             await conn.rollback()
+        # Closed already: by another process, or by this one in a commit whose answer
+        # the database dropped (then the batch names our files).
+        now_row = await svc.store.batches.get(row.id)
+        named = {now_row.output_file_id, now_row.error_file_id} if now_row else set()
+        return bool(ours & named) or (
+            not ours and now_row is not None and now_row.status == final[0]
+        )
+
+    try:
+        done = await retrying(close_batch, what)
+    except Exception:
+        for f in new_files:  # written for nothing; the next run writes its own
+            await svc.blobs.delete(f.blob_key)
+        raise
     if not done:
         for f in new_files:
             await svc.blobs.delete(f.blob_key)

@@ -7,9 +7,30 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import orjson
+
+from overnight.models import Usage
+from overnight.store.faults import is_disk_full, is_transient, log_failure
 from overnight.store.ledger import Ledger, Outcome
 
 log = logging.getLogger("overnight.results")
+
+
+def unstorable(outcome: Outcome, reason: str) -> Outcome:
+    """The failed line that replaces a result the store cannot hold."""
+    message = f"overnight could not store the upstream's answer to this request ({reason})."
+    error = orjson.dumps({"code": "invalid_upstream_response", "message": message}).decode()
+    return Outcome(
+        outcome.id,
+        outcome.batch_seq,
+        False,
+        None,
+        None,
+        error,
+        None,
+        outcome.attempts,
+        Usage(),
+    )
 
 
 class ResultSink:
@@ -51,15 +72,40 @@ class ResultSink:
             chunk, self._buffer = self._buffer[: self.flush_max], self._buffer[self.flush_max :]
             try:
                 await self.ledger.record(self.owner, chunk)
-                if self.on_flush is not None and not self._buffer:
-                    self.on_flush()
+            except Exception as exc:
+                if not await self._one_by_one(chunk):
+                    # The store itself fails (down, disk full): the results were kept, to be
+                    # tried again, since losing them would send the requests again.
+                    log_failure(log, exc, "could not record %d results; retrying", len(chunk))
+                    await asyncio.sleep(1.0)
+                    if self._stopping:
+                        return
+                    continue
+            if self.on_flush is not None and not self._buffer:
+                self.on_flush()
+
+    async def _one_by_one(self, chunk: list[Outcome]) -> bool:
+        """Record `chunk` one result at a time, so that one the store refuses (a value it
+        cannot hold) becomes a failed line instead of blocking every other. False when not
+        even a plain failed line can be written: then the store is at fault, not the data."""
+        for index, outcome in enumerate(chunk):
+            try:
+                await self.ledger.record(self.owner, [outcome])
+                continue
+            except Exception as exc:
+                if is_transient(exc) or is_disk_full(exc):
+                    self._buffer[:0] = chunk[index:]  # the store is away, not the data bad
+                    return False
+                reason = type(exc).__name__
+            try:
+                await self.ledger.record(self.owner, [unstorable(outcome, reason)])
             except Exception:
-                # Keep the results and try again: losing them would resend the requests.
-                log.exception("could not record %d results; retrying", len(chunk))
-                self._buffer[:0] = chunk
-                await asyncio.sleep(1.0)
-                if self._stopping:
-                    return
+                self._buffer[:0] = chunk[index:]  # the rest waits for the store
+                return False
+            log.error(
+                "request %d: the store refused its result (%s); failed instead", outcome.id, reason
+            )
+        return True
 
     async def stop(self) -> None:
         self._stopping = True

@@ -11,6 +11,7 @@ from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, spl
 from overnight.models import BatchError, BatchStatus, now
 from overnight.services import Services
 from overnight.store.batches import errors_json
+from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.validate")
@@ -22,10 +23,12 @@ INSERT_CHUNK = 5000
 
 
 async def _check_lines(
-    svc: Services, row: Any, key: str, errors: list[BatchError]
+    svc: Services, row: Any, key: str, errors: list[BatchError], resume_after: int
 ) -> tuple[int, str | None, int]:
-    """Stream the file once: insert valid lines, collect errors.
+    """Stream the file once: insert valid lines after `resume_after`, collect errors.
 
+    Every line is checked (duplicates and the model need them all); lines up to
+    `resume_after` are in the ledger already, from a run that was interrupted.
     Returns (count, model, the line that first named the model)."""
     s = svc.settings
     dialect = row.dialect or Dialect.OPENAI
@@ -71,7 +74,7 @@ async def _check_lines(
                     limit = s.max_requests_per_batch
                     errors.append(line_error(dialect, "too_many_tasks", number, limit=limit))
                     break
-                if not errors:
+                if not errors and number > resume_after:
                     buffer.append(parsed)
                     if len(buffer) >= INSERT_CHUNK:
                         if inserting is not None:
@@ -92,19 +95,26 @@ async def _check_lines(
 
 
 async def _insert(svc: Services, batch_seq: int, lines: list[Line]) -> None:
+    """One window, in one transaction: after a crash the ledger holds whole windows, so
+    the highest line in it says where to resume. A retried window adds nothing twice."""
     lines.sort(key=lambda ln: ln.prefix)  # stable: file order within a prefix
-    await svc.store.ledger.add_lines(batch_seq, lines)
+    await retrying(
+        lambda: svc.store.ledger.add_lines(batch_seq, lines), f"inserting batch {batch_seq}"
+    )
 
 
 async def validate_batch(svc: Services, row: Any) -> None:
-    """Validate one `validating` batch; idempotent, so a crash mid-way just runs it again."""
+    """Validate one `validating` batch; resumable, so a crash or a dropped database
+    connection mid-way goes on from the last window inserted."""
     ledger = svc.store.ledger
-    await ledger.clear(row.seq)
+    resume_after = await retrying(lambda: ledger.last_line(row.seq), f"validating {row.id}")
     errors: list[BatchError] = []
     count, model = 0, None
     dialect = row.dialect or Dialect.OPENAI
     # Another project's file is "not found" exactly like a file that never existed.
-    f = await svc.store.files.get(row.input_file_id, row.project)
+    f = await retrying(
+        lambda: svc.store.files.get(row.input_file_id, row.project), f"validating {row.id}"
+    )
     if f is None:
         errors.append(
             line_error(
@@ -117,7 +127,9 @@ async def validate_batch(svc: Services, row: Any) -> None:
             )
         )
     else:
-        count, model, model_line = await _check_lines(svc, row, f.blob_key, errors)
+        if resume_after:
+            log.info("batch %s: resuming validation after line %d", row.id, resume_after)
+        count, model, model_line = await _check_lines(svc, row, f.blob_key, errors, resume_after)
         if not errors and count == 0:
             errors.append(line_error(dialect, "empty_file", None))
         if not errors and model is not None and svc.router.route(model) is None:
@@ -130,21 +142,36 @@ async def validate_batch(svc: Services, row: Any) -> None:
             )
             errors.append(error)
     t = now()
+    batches, what = svc.store.batches, f"validating {row.id}"
     if errors:
-        await ledger.clear(row.seq)
-        if await svc.store.batches.transition(
-            row.id,
-            [BatchStatus.VALIDATING, BatchStatus.CANCELLING],
-            status=BatchStatus.FAILED,
-            errors=errors_json(errors),
-            failed_at=t,
-            model=model,
+        await retrying(lambda: ledger.clear(row.seq), what)
+        if await retrying(
+            lambda: batches.transition(
+                row.id,
+                [BatchStatus.VALIDATING, BatchStatus.CANCELLING],
+                status=BatchStatus.FAILED,
+                errors=errors_json(errors),
+                failed_at=t,
+                model=model,
+            ),
+            what,
         ):
             await batch_ended(svc, row.project, row.id, BatchStatus.FAILED)
         log.info("batch %s failed validation: %s", row.id, errors[0].code)
         return
-    await svc.store.batches.set_values(row.id, total=count, model=model)
-    await svc.store.batches.transition(
-        row.id, [BatchStatus.VALIDATING], status=BatchStatus.IN_PROGRESS, in_progress_at=t
+    # The total and the status change together: a client never sees a validating batch
+    # with its total known, nor an in_progress one without it.
+    started = await retrying(
+        lambda: batches.transition(
+            row.id,
+            [BatchStatus.VALIDATING],
+            status=BatchStatus.IN_PROGRESS,
+            in_progress_at=t,
+            total=count,
+            model=model,
+        ),
+        what,
     )
+    if not started:  # cancelled meanwhile: its counts still say what it held
+        await retrying(lambda: batches.set_values(row.id, total=count, model=model), what)
     log.info("batch %s validated: %d requests for model %r", row.id, count, model)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from overnight.disk import disk_problem
 from overnight.store.batches import BatchRepo
 from overnight.store.database import create_engine, create_schema, is_sqlite
 from overnight.store.files import FileRepo
@@ -27,6 +31,18 @@ class Store:
     def single_process(self) -> bool:
         """SQLite is the embedded store: one overnight process owns it."""
         return is_sqlite(self.engine)
+
+    async def problem(self) -> str | None:
+        """Why the database cannot serve now (unreachable, its disk full), or None."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+        path = self.engine.url.database
+        if self.single_process and path and path != ":memory:":
+            return await asyncio.to_thread(disk_problem, Path(path).parent)
+        return None
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -152,6 +152,16 @@ class BatchRepo:
         async with self.engine.begin() as conn:
             return (await conn.execute(query)).rowcount == 1
 
+    async def release_all_ownership(self) -> int:
+        """At start-up of a single-process store: every batch lease was a dead process's."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(batches)
+                .where(batches.c.owner.is_not(None))
+                .values(owner=None, owner_until=None)
+            )
+            return int(result.rowcount or 0)
+
     async def release_ownership(self, batch_id: str, owner: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

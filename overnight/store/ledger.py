@@ -16,7 +16,8 @@ from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
-from overnight.models import RequestState, Usage
+from overnight.models import MAX_TOTAL_TOKENS, RequestState, Usage
+from overnight.store.faults import retrying
 from overnight.store.schema import batches, requests
 
 log = logging.getLogger("overnight.ledger")
@@ -61,9 +62,11 @@ class Counts:
 # The two statements run once per request are sent as plain driver SQL with
 # positional rows: SQLAlchemy's per-row parameter processing cost more than
 # the database work itself (profiled in bench/README.md).
+# ON CONFLICT: a window inserted again after a commit whose answer was lost adds nothing.
 _INSERT_SQL = (
     "INSERT INTO requests (batch_seq, line, custom_id, body, state, attempts, input_tokens,"
     " cached_tokens, output_tokens, reasoning_tokens) VALUES (?, ?, ?, ?, 0, 0, 0, 0, 0, 0)"
+    " ON CONFLICT (batch_seq, line) DO NOTHING"
 )
 _RECORD_SQL = (
     "UPDATE requests SET state = ?, status_code = ?, response = ?, error = ?,"
@@ -108,6 +111,12 @@ def _placeholders(sql: str, paramstyle: str) -> str:
     return "".join(out)
 
 
+def _saturating(column: Any, amount: int) -> Any:
+    """`column + amount`, stopping at MAX_TOTAL_TOKENS instead of overflowing 64 bits."""
+    amount = min(amount, MAX_TOTAL_TOKENS)
+    return case((column > MAX_TOTAL_TOKENS - amount, MAX_TOTAL_TOKENS), else_=column + amount)
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -125,6 +134,14 @@ class Ledger:
         rows = [(batch_seq, ln.number, ln.custom_id, ln.body) for ln in lines]
         async with self.engine.begin() as conn:
             await conn.exec_driver_sql(self._insert_sql, rows)
+
+    async def last_line(self, batch_seq: int) -> int:
+        """The highest input line already in the ledger (0: none): where validation resumes."""
+        query = select(func.coalesce(func.max(requests.c.line), 0)).where(
+            requests.c.batch_seq == batch_seq
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
 
     async def clear(self, batch_seq: int) -> None:
         async with self.engine.begin() as conn:
@@ -192,10 +209,10 @@ class Ledger:
                     .values(
                         completed=batches.c.completed + ok,
                         failed=batches.c.failed + bad,
-                        input_tokens=batches.c.input_tokens + t_in,
-                        cached_tokens=batches.c.cached_tokens + t_cached,
-                        output_tokens=batches.c.output_tokens + t_out,
-                        reasoning_tokens=batches.c.reasoning_tokens + t_reason,
+                        input_tokens=_saturating(batches.c.input_tokens, t_in),
+                        cached_tokens=_saturating(batches.c.cached_tokens, t_cached),
+                        output_tokens=_saturating(batches.c.output_tokens, t_out),
+                        reasoning_tokens=_saturating(batches.c.reasoning_tokens, t_reason),
                     )
                 )
 
@@ -301,12 +318,17 @@ class Ledger:
         return int(row[0]), int(row[1])
 
     async def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
-        """Every row of a batch in file order, a page at a time (keyset on `line`)."""
+        """Every row of a batch in file order, a page at a time (keyset on `line`); a page
+        the database drops is read again, so a long finalization does not start over."""
         last = 0
         while True:
-            async with self.engine.connect() as conn:
-                result = await conn.exec_driver_sql(self._results_sql, (batch_seq, last, page))
-                rows = [ResultRow._make(r) for r in result.fetchall()]
+
+            async def read_page(after: int = last) -> list[ResultRow]:
+                async with self.engine.connect() as conn:
+                    result = await conn.exec_driver_sql(self._results_sql, (batch_seq, after, page))
+                    return [ResultRow._make(r) for r in result.fetchall()]
+
+            rows = await retrying(read_page, f"reading results of batch {batch_seq}")
             for row in rows:
                 yield row
             if len(rows) < page:

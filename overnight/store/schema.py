@@ -21,6 +21,8 @@ metadata = MetaData()
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Token counts: 64-bit (SQLite's INTEGER already is; PostgreSQL's integer is 32-bit).
+Tokens = BigInteger().with_variant(Integer(), "sqlite")
 
 files = Table(
     "files",
@@ -98,12 +100,13 @@ requests = Table(
     Column("response", LargeBinary),
     Column("error", Text),
     Column("upstream_request_id", String(128)),
-    Column("input_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
-    Column("output_tokens", Integer, nullable=False, default=0),
-    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("input_tokens", Tokens, nullable=False, default=0),
+    Column("cached_tokens", Tokens, nullable=False, default=0),
+    Column("output_tokens", Tokens, nullable=False, default=0),
+    Column("reasoning_tokens", Tokens, nullable=False, default=0),
     Index("ix_requests_batch_state", "batch_seq", "state", "id"),
-    Index("ix_requests_batch_line", "batch_seq", "line"),
+    # Unique: a validation window inserted twice (a commit whose answer was lost) is a no-op.
+    Index("ix_requests_batch_line", "batch_seq", "line", unique=True),
     # Only leased rows (a few thousand at most): lease renewal and takeover stay cheap
     # however many finished requests the table keeps.
     Index(
