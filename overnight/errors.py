@@ -99,5 +99,13 @@ class TooManyRequests(OvernightError):
     code = "rate_limit_exceeded"
 
 
+class StorageUnavailable(OvernightError):
+    """File storage cannot be reached right now; try again shortly."""
+
+    status_code = 503
+    type = "server_error"
+    code = "storage_unavailable"
+
+
 class ConfigError(OvernightError):
     """The configuration is not valid."""

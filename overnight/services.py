@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore, open_blobs
+from overnight.disk import keep_reserve
 from overnight.settings import Settings
 from overnight.store import Store, open_store
 from overnight.webhooks import Webhooks, open_webhooks
@@ -30,6 +31,7 @@ class Services:
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        keep_reserve(settings.data_dir)
         store = await open_store(settings.resolved_database_url)
         blobs = open_blobs(settings.resolved_storage_url)
         svc = cls(settings, store, blobs, Router(settings))

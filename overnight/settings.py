@@ -73,6 +73,9 @@ class Settings:
     initial_concurrency: int = 16
     max_concurrency: int = 256
     cancel_grace_seconds: float = 30.0
+    # On SIGTERM: how long requests already sent may take to answer before the process
+    # exits (below Kubernetes' terminationGracePeriodSeconds, 30 by default).
+    shutdown_grace_seconds: float = 25.0
     # Ledger rows of a finished batch (its results are in the output files) and deleted
     # files' tombstones are removed this many days after the batch or file was created.
     retention_days: int = 30
@@ -233,6 +236,7 @@ def load(
         "OVERNIGHT_RETRY_BASE_DELAY": "retry_base_delay",
         "OVERNIGHT_LEASE_SECONDS": "lease_seconds",
         "OVERNIGHT_CANCEL_GRACE_SECONDS": "cancel_grace_seconds",
+        "OVERNIGHT_SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
         "OVERNIGHT_KEY_CACHE_SECONDS": "key_cache_seconds",
     }
     for var, key in int_env.items():

@@ -92,6 +92,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return JSON({"status": "starting"}, status_code=503)  # type: ignore[return-value]
         return {"status": "ok", "version": __version__}
 
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSON:
+        """Ready to take work: the database answers and storage can take bytes."""
+        if not app.state.ready:
+            return JSON({"status": "starting"}, status_code=503)
+        svc: Services = app.state.services
+        problems = {"database": await svc.store.problem(), "storage": await svc.blobs.problem()}
+        checks = {name: problem or "ok" for name, problem in problems.items()}
+        if any(problems.values()):
+            return JSON({"status": "unavailable", "checks": checks}, status_code=503)
+        return JSON({"status": "ready", "checks": checks})
+
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)

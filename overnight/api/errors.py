@@ -6,11 +6,13 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from overnight.api.responses import JSON
 from overnight.errors import InvalidRequest, OvernightError
+from overnight.store.faults import is_disk_full, is_transient
 
 log = logging.getLogger("overnight.api")
 
@@ -40,6 +42,8 @@ def install(app: FastAPI) -> None:
         response = envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code)
         if exc.status_code == 401:
             response.headers["www-authenticate"] = "Bearer"
+        if exc.status_code == 503:
+            response.headers["retry-after"] = "1"  # the SDK waits this long, then retries
         if exc.status_code == 409 and not exc.retryable:
             # The SDK retries 409s unless told not to; a state conflict will not resolve itself.
             response.headers["x-should-retry"] = "false"
@@ -87,6 +91,34 @@ def install(app: FastAPI) -> None:
             None,
             "invalid_request",
         )
+
+    async def _store(request: Request, exc: Exception) -> JSON:
+        """The database or the disk, not the request: say so, and when to come back."""
+        if is_disk_full(exc):
+            log.error("%s %s: storage is full (%s)", request.method, request.url.path, exc)
+            return envelope(
+                507,
+                "overnight's storage is full; nothing was kept. Free space (delete files "
+                "no longer needed) and try again.",
+                "server_error",
+                None,
+                "insufficient_storage",
+            )
+        if is_transient(exc):
+            log.warning("%s %s: store unavailable (%s)", request.method, request.url.path, exc)
+            response = envelope(
+                503,
+                "overnight's database is unavailable right now; try again shortly.",
+                "server_error",
+                None,
+                "database_unavailable",
+            )
+            response.headers["retry-after"] = "1"
+            return response
+        return await _unexpected(request, exc)
+
+    for kind in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError):
+        app.add_exception_handler(kind, _store)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSON:

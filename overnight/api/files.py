@@ -229,6 +229,8 @@ async def stream_file(svc: Services, file_id: str, project: str) -> StreamingRes
 async def delete_file(request: Request, file_id: str, project: Project) -> dict[str, Any]:
     svc = services(request)
     f = await _get_file(svc, file_id, project)
-    await svc.store.files.delete(f.id)
+    # The bytes first: on a full disk, deleting is how space comes back, and the
+    # tombstone's write may need that space. A retry finds the row and finishes.
     await svc.blobs.delete(f.blob_key)
+    await svc.store.files.delete(f.id)
     return {"id": f.id, "object": "file", "deleted": True}

@@ -211,7 +211,7 @@ def install_openapi(app: FastAPI) -> None:
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 operation.get("responses", {}).pop("422", None)
-                if path != "/healthz":
+                if path not in ("/healthz", "/readyz"):  # probes carry no key
                     operation["security"] = [{"bearer": []}, {"api-key": []}]
         app.openapi_schema = schema
         return schema

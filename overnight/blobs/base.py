@@ -56,6 +56,15 @@ class BlobStore(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    async def problem(self) -> str | None:
+        """Why the store cannot take new bytes now (unreachable, full), or None."""
+        return None
+
+    async def remove_partial(self, older_than: float) -> int:
+        """Remove objects begun before `older_than` (unix s) and never committed, left by
+        a process that died while writing; returns how many."""
+        return 0
+
     def describe(self) -> str:
         return type(self).__name__
 

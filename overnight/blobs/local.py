@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from overnight.blobs.base import BlobStore, BlobWriter, check_key
+from overnight.disk import disk_problem
 
 
 class _LocalWriter(BlobWriter):
@@ -70,6 +71,23 @@ class LocalBlobStore(BlobStore):
 
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    async def problem(self) -> str | None:
+        return await asyncio.to_thread(disk_problem, self.root)
+
+    async def remove_partial(self, older_than: float) -> int:
+        def sweep() -> int:
+            removed = 0
+            for path in self.root.rglob(".*.part"):
+                try:
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+            return removed
+
+        return await asyncio.to_thread(sweep)
 
     def describe(self) -> str:
         return f"local directory {self.root}"

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from overnight.blobs.base import BlobStore, BlobWriter, check_key
-from overnight.errors import ConfigError
+from overnight.errors import ConfigError, StorageUnavailable
 
 log = logging.getLogger("overnight.blobs.s3")
 
@@ -106,6 +106,7 @@ class S3BlobStore(BlobStore):
         from botocore.exceptions import (
             ClientError,
             EndpointConnectionError,
+            HTTPClientError,
             NoCredentialsError,
             NoRegionError,
             PartialCredentialsError,
@@ -122,10 +123,13 @@ class S3BlobStore(BlobStore):
             raise ConfigError(
                 f"S3 storage {self._where()}: no region. Set AWS_DEFAULT_REGION."
             ) from None
-        except EndpointConnectionError as exc:
-            raise ConfigError(
-                f"S3 storage {self._where()}: cannot connect ({exc}). Check AWS_ENDPOINT_URL "
-                "(for MinIO, R2, Ceph or a local test server) and AWS_DEFAULT_REGION."
+        except (EndpointConnectionError, HTTPClientError) as exc:
+            # Down for now, or never reachable: the same answer (503), and the message
+            # names what to check if it lasts.
+            raise StorageUnavailable(
+                f"S3 storage {self._where()}: cannot connect ({exc}). If this lasts, check "
+                "AWS_ENDPOINT_URL (for MinIO, R2, Ceph or a local test server) and "
+                "AWS_DEFAULT_REGION."
             ) from None
         except ClientError as exc:
             if _error_code(exc) in _CREDENTIAL_CODES:
@@ -133,6 +137,12 @@ class S3BlobStore(BlobStore):
                     f"S3 storage {self._where()}: the credentials were refused "
                     f"({_error_code(exc)}). Check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                     "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION and AWS_ENDPOINT_URL."
+                ) from None
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if isinstance(status, int) and status >= 500:
+                raise StorageUnavailable(
+                    f"S3 storage {self._where()}: the server answered {status} "
+                    f"({_error_code(exc)})."
                 ) from None
             raise
 
@@ -237,6 +247,31 @@ class S3BlobStore(BlobStore):
         client = await self.client()
         with self._explained():
             await client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+
+    async def problem(self) -> str | None:
+        try:
+            client = await self.client()
+            await client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            return f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+        return None
+
+    async def remove_partial(self, older_than: float) -> int:
+        client = await self.client()
+        removed = 0
+        with self._explained():
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
+            )
+            async for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() >= older_than:
+                        continue
+                    await client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+        return removed
 
     async def close(self) -> None:
         stack, self._client, self._stack = self._stack, None, None

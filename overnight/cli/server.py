@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -123,8 +125,9 @@ def serve(
     log = logging.getLogger("overnight")
     log.info("overnight listening on http://%s:%d (data dir %s)", s.host, s.port, s.data_dir)
     log.info("routing: %s", Router(s).describe())
-    uvicorn.run(
-        create_app(s),
+    api = create_app(s)
+    uvicorn_config = uvicorn.Config(
+        api,
         host=s.host,
         port=s.port,
         log_level="warning",
@@ -135,6 +138,18 @@ def serve(
         http="h11",
         h11_max_incomplete_event_size=64 * 1024,
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn closes HTTP connections first and runs the app's shutdown after:
+            # the executor must stop sending now, not seconds later.
+            scheduler = getattr(api.state, "scheduler", None)
+            if scheduler is not None:
+                with contextlib.suppress(RuntimeError):  # no loop yet: nothing runs
+                    asyncio.get_running_loop().call_soon(scheduler.begin_drain)
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn_config).run()
 
 
 @app.command()
@@ -168,6 +183,7 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         logging.getLogger("overnight").info("worker %s running", svc.owner)
         await stop.wait()
+        scheduler.begin_drain()
         await scheduler.stop()
         await svc.close()
 

@@ -19,11 +19,14 @@ from overnight.engine.runner import Runner
 from overnight.engine.validate import validate_batch
 from overnight.models import BatchStatus, now
 from overnight.services import Services
+from overnight.store.faults import log_failure
 
 log = logging.getLogger("overnight.scheduler")
 
 HOUSEKEEPING_EVERY = 5.0
 PURGE_EVERY = 3600.0
+# In a fleet, a partial upload older than this has no live writer (uploads take minutes).
+PARTIAL_MAX_AGE = 86400.0
 
 
 def _still_needed(status: str, what: str, reason: str | None) -> bool:
@@ -44,17 +47,41 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._last_housekeeping = 0.0
         self._last_purge = 0.0
+        self._recovered = False
+        self._drain_started: float | None = None
 
     async def start(self) -> None:
-        if self.svc.store.single_process:
-            released = await self.svc.store.ledger.release_all()
-            if released:
-                log.info(
-                    "resumed: %d requests in flight at the last stop will be sent again", released
-                )
+        await self._recover()
         self.runner.sink.on_flush = self._after_flush
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
+
+    async def _recover(self) -> None:
+        """Take back what a process that died held. Never fatal: on a full disk or with the
+        database away, the process starts anyway (so space can be freed through the API)
+        and housekeeping tries again."""
+        svc = self.svc
+        single = svc.store.single_process
+        try:
+            if single:
+                # One process owns a SQLite store: every lease in it was a dead process's.
+                released = await svc.store.ledger.release_all()
+                owned = await svc.store.batches.release_all_ownership()
+                if released or owned:
+                    log.info(
+                        "resumed: %d requests in flight at the last stop will be sent again; "
+                        "%d batches were being validated or finalized",
+                        released,
+                        owned,
+                    )
+            cutoff = time.time() - (0 if single else PARTIAL_MAX_AGE)
+            removed = await svc.blobs.remove_partial(cutoff)
+            if removed:
+                log.info("removed %d partial files left by a process that died", removed)
+            self._recovered = True
+        except Exception as exc:
+            self._recovered = False
+            log.error("could not take back the last run's leases yet (%s); will retry", exc)
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,8 +98,8 @@ class Scheduler:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("scheduler tick failed; trying again")
+            except Exception as exc:
+                log_failure(log, exc, "scheduler tick failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
@@ -144,8 +171,8 @@ class Scheduler:
                 else:
                     await finalize_batch(svc, fresh, reason)
                 log.debug("%s %s took %.3f s", what, row.id, time.perf_counter() - started)
-            except Exception:
-                log.exception("could not %s batch %s; will try again", what, row.id)
+            except Exception as exc:
+                log_failure(log, exc, "could not %s batch %s; will try again", what, row.id)
                 await asyncio.sleep(1.0)
             finally:
                 if owned:
@@ -159,6 +186,8 @@ class Scheduler:
     async def _housekeeping(self, t: float) -> None:
         svc = self.svc
         ledger = svc.store.ledger
+        if not self._recovered:
+            await self._recover()
         await ledger.renew(svc.owner, t + svc.settings.lease_seconds)
         for batch_id in list(self._jobs):
             await svc.store.batches.take_ownership(
@@ -178,11 +207,26 @@ class Scheduler:
             if purged:
                 log.info("removed %d ledger rows of batches finished long ago", purged)
 
-    async def stop(self) -> None:
+    def begin_drain(self) -> None:
+        """Shutdown begins (SIGTERM): stop claiming and sending now; `stop` waits for the
+        requests in flight, up to the grace period counted from here."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+            log.info(
+                "shutting down: nothing new is sent; waiting up to %.0f s for answers in flight",
+                self.svc.settings.shutdown_grace_seconds,
+            )
         if self._task:
             self._task.cancel()
+        self.runner.begin_drain()
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        assert self._drain_started is not None
+        deadline = self._drain_started + self.svc.settings.shutdown_grace_seconds
+        if self._task:
             await asyncio.gather(self._task, return_exceptions=True)
         for job in list(self._jobs.values()):
             job.cancel()
         await asyncio.gather(*self._jobs.values(), return_exceptions=True)
-        await self.runner.stop()
+        await self.runner.stop(deadline)

@@ -39,6 +39,7 @@ OPERATIONS = [
     "GET /v1/batches/{batch_id}",
     "POST /v1/batches/{batch_id}/cancel",
     "GET /healthz",
+    "GET /readyz",
 ]
 # Invalid examples need a constrained input to violate: a query or a body. Ids in paths
 # are free strings on purpose (any id answers 404 when it names nothing of the caller's).
