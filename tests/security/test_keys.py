@@ -214,7 +214,8 @@ def test_serve_refuses_a_network_address_without_keys(tmp_path: Path) -> None:
 def test_serve_accepts_a_network_address_with_a_database_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing is bound here: uvicorn.run is replaced, the check before it is what matters."""
+    """Nothing is bound here: uvicorn's Server.run is replaced, the check before it is
+    what matters."""
     import uvicorn
 
     from overnight.cli.app import app
@@ -222,7 +223,9 @@ def test_serve_accepts_a_network_address_with_a_database_key(
     for name in [k for k in os.environ if k.startswith("OVERNIGHT_")]:
         monkeypatch.delenv(name)
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda _app, **kw: calls.append(kw))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda server, sockets=None: calls.append(vars(server.config))
+    )
     data = tmp_path / "d"
     argv = ["serve", "--host", "0.0.0.0", "--port", "9", "--data-dir", str(data)]
     refused = CliRunner().invoke(app, argv)
