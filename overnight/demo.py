@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 
 QUESTIONS = [
     "What is the capital of France?",

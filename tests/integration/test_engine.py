@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .engine_harness import chat_lines, result_lines, running_engine, submit, terminal, wait_for
 
