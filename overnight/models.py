@@ -191,6 +191,9 @@ class Batch:
     endpoint_spelling: str | None = None  # what the client sent, echoed back
     dialect: str | None = None  # "openai" or "azure": whose words validation errors use
     estimated_cost: dict[str, Any] | None = None  # overnight's extra field: cost.annotate()
+    # What the engine keeps and a client never sees:
+    seq: int = 0  # the store's key: ledger rows point at it, listing pages by it
+    stop_reason: str | None = None  # "cancel" or "expire" once the batch must stop
 
     def to_api(self) -> dict[str, Any]:
         return {
