@@ -230,3 +230,15 @@ class Batch:
             "output_expires_after": self.output_expires_after,
             "estimated_cost": self.estimated_cost,  # {"currency", "amount"} or null
         }
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """What `overnight keys list` shows: never the key itself."""
+
+    id: str
+    project: str
+    prefix: str
+    name: str | None
+    created_at: int
+    revoked_at: int | None = None

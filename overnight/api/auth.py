@@ -19,7 +19,8 @@ import time
 from fastapi import Request
 
 from overnight.errors import ConfigError, Unauthorized
-from overnight.store.keys import KeyRepo, hash_key
+from overnight.store.base import KeyStore
+from overnight.store.keys import hash_key
 
 ANONYMOUS_PROJECT = "default"
 MAX_KEY_CHARS = 512  # longer "keys" are not ours: refused without hashing or a lookup
@@ -60,7 +61,7 @@ class KeyRing:
     def __init__(
         self,
         pairs: tuple[tuple[str, str], ...] = (),
-        repo: KeyRepo | None = None,
+        repo: KeyStore | None = None,
         cache_seconds: float = 5.0,
     ) -> None:
         self._static: dict[str, str] = {}

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import orjson
 
 from overnight.models import Usage
+from overnight.store.base import LedgerStore, Outcome
 from overnight.store.faults import is_disk_full, is_transient, log_failure
-from overnight.store.ledger import Ledger, Outcome
 
 log = logging.getLogger("overnight.results")
 
@@ -41,7 +41,7 @@ class ResultSink:
     again (they count as "in flight at the crash").
     """
 
-    def __init__(self, ledger: Ledger, owner: str, interval: float, flush_max: int) -> None:
+    def __init__(self, ledger: LedgerStore, owner: str, interval: float, flush_max: int) -> None:
         self.ledger = ledger
         self.owner = owner
         self.interval = interval

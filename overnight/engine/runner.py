@@ -30,7 +30,7 @@ from overnight.metrics import (
 )
 from overnight.models import Usage
 from overnight.services import Services
-from overnight.store.ledger import Outcome
+from overnight.store.base import Outcome
 
 log = logging.getLogger("overnight.runner")
 

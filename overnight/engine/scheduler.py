@@ -55,6 +55,30 @@ class Scheduler:
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
 
+    async def run_until_idle(self, timeout: float = 300.0) -> None:
+        """Burst mode (as arq's `Worker(burst=True)`): drive every open batch to its end,
+        then return, leaving the engine started (call `stop()` after). For unit tests on
+        the in-memory fakes and one-shot runs; raises TimeoutError if work remains."""
+        if not self._recovered:
+            await self._recover()
+        if self.runner.sink.on_flush is None:
+            self.runner.sink.on_flush = self._after_flush
+            self.runner.start()
+        deadline = time.monotonic() + timeout
+        interval = self.svc.settings.poll_interval
+        while True:
+            await self.tick()
+            if self._jobs:
+                await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+                continue
+            if not await self.svc.store.batches.active():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batches still open after {timeout:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+
     async def _recover(self) -> None:
         """Take back what a process that died held. Never fatal: on a full disk or with the
         database away, the process starts anyway (so space can be freed through the API)

@@ -9,7 +9,6 @@ from overnight.dialect import Dialect, invalid, line_error
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
 from overnight.models import Batch, BatchError, BatchStatus, now
 from overnight.services import Services
-from overnight.store.batches import errors_json
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
@@ -149,7 +148,7 @@ async def validate_batch(svc: Services, batch: Batch) -> None:
                 batch.id,
                 [BatchStatus.VALIDATING, BatchStatus.CANCELLING],
                 status=BatchStatus.FAILED,
-                errors=errors_json(errors),
+                errors=errors,
                 failed_at=t,
                 model=model,
             ),

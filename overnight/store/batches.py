@@ -67,6 +67,14 @@ def errors_json(errors: Iterable[BatchError]) -> str:
     return orjson.dumps([e.to_api() for e in errors]).decode()
 
 
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    """Batch fields as the table stores them (errors as JSON text)."""
+    errors = values.get("errors")
+    if errors is not None and not isinstance(errors, str):
+        values = {**values, "errors": errors_json(errors)}
+    return values
+
+
 class BatchRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -135,7 +143,7 @@ class BatchRepo:
         query = (
             update(batches)
             .where(batches.c.id == batch_id, batches.c.status.in_(list(from_states)))
-            .values(**values)
+            .values(**_columns(values))
         )
         if conn is not None:
             return (await conn.execute(query)).rowcount == 1
@@ -219,4 +227,5 @@ class BatchRepo:
 
     async def set_values(self, batch_id: str, **values: Any) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+            query = update(batches).where(batches.c.id == batch_id).values(**_columns(values))
+            await conn.execute(query)
