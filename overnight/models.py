@@ -47,6 +47,10 @@ class BatchStatus(StrEnum):
 TERMINAL = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
+# The statuses of a batch with work left: its requests may still run and count.
+OPEN = frozenset(set(BatchStatus) - TERMINAL)
+# How long batch input and output files live unless the client says otherwise (both vendors).
+FILE_TTL = 30 * 86400
 
 
 class FileStatus(StrEnum):

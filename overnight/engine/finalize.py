@@ -8,14 +8,13 @@ import orjson
 
 from overnight.blobs.base import BlobWriter
 from overnight.jsonl import request_id, result_line
-from overnight.models import Batch, BatchStatus, File, RequestState, new_file_id, now
+from overnight.models import FILE_TTL, Batch, BatchStatus, File, RequestState, new_file_id, now
 from overnight.services import Services
+from overnight.store.base import error_json
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.finalize")
-
-OUTPUT_TTL = 30 * 86400
 
 STOP_ERRORS = {
     "expire": (
@@ -71,7 +70,7 @@ async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> Non
     what = f"finalizing {batch.id}"
     if reason in STOP_ERRORS:
         code, message = STOP_ERRORS[reason]
-        stop_error = orjson.dumps({"code": code, "message": message}).decode()
+        stop_error = error_json(code, message)
         await retrying(lambda: ledger.close_open(batch.seq, stop_error), what)
     elif batch.status == BatchStatus.IN_PROGRESS:
         await retrying(
@@ -114,9 +113,9 @@ async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> Non
 
     counts, usage = await retrying(lambda: ledger.counts(batch.seq), what)
     t = now()
-    ttl = OUTPUT_TTL
+    ttl = FILE_TTL
     if batch.output_expires_after:
-        ttl = int(batch.output_expires_after.get("seconds", OUTPUT_TTL))
+        ttl = int(batch.output_expires_after.get("seconds", FILE_TTL))
     final = {
         None: BatchStatus.COMPLETED,
         "cancel": BatchStatus.CANCELLED,

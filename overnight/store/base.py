@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from overnight.jsonl import Line
 from overnight.models import ApiKey, Batch, File, Usage
 
@@ -40,6 +42,11 @@ class Outcome:
     upstream_request_id: str | None
     attempts: int
     usage: Usage
+
+
+def error_json(code: str, message: str) -> str:
+    """What the ledger stores for a request that ended without an answer."""
+    return orjson.dumps({"code": code, "message": message}).decode()
 
 
 @dataclass(slots=True)

@@ -15,15 +15,12 @@ from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
-from overnight.models import MAX_TOTAL_TOKENS, RequestState, Usage
+from overnight.models import MAX_TOTAL_TOKENS, OPEN, TERMINAL, RequestState, Usage
 from overnight.store.base import Claimed, Counts, Outcome, ResultRow
 from overnight.store.faults import retrying
 from overnight.store.schema import batches, requests
 
 log = logging.getLogger("overnight.ledger")
-
-_LIVE = ("validating", "in_progress", "finalizing", "cancelling")
-_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 # The two statements run once per request are sent as plain driver SQL with
@@ -162,7 +159,7 @@ class Ledger:
                     update(batches)
                     # A closed batch's counts were recomputed from the rows; late
                     # results (lease lost, batch stopped) must not move them.
-                    .where(batches.c.seq == seq, batches.c.status.in_(_LIVE))
+                    .where(batches.c.seq == seq, batches.c.status.in_(list(OPEN)))
                     .values(
                         completed=batches.c.completed + ok,
                         failed=batches.c.failed + bad,
@@ -295,7 +292,7 @@ class Ledger:
     async def purge_finished(self, created_before: int) -> int:
         """Drop the rows of terminal batches created before `created_before` (unix s)."""
         old = select(batches.c.seq).where(
-            batches.c.status.in_(_TERMINAL), batches.c.created_at < created_before
+            batches.c.status.in_(list(TERMINAL)), batches.c.created_at < created_before
         )
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(requests).where(requests.c.batch_seq.in_(old)))

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from overnight.jsonl import Line
-from overnight.models import BatchStatus, RequestState, Usage
+from overnight.models import OPEN, BatchStatus, RequestState, Usage
 from overnight.store.base import Claimed, Counts, Outcome, ResultRow
 
 if TYPE_CHECKING:
     from overnight.store.memory import MemoryBatches
 
-_LIVE = {"validating", "in_progress", "finalizing", "cancelling"}
 PENDING, LEASED = int(RequestState.PENDING), int(RequestState.LEASED)
 DONE, FAILED = int(RequestState.DONE), int(RequestState.FAILED)
 
@@ -88,7 +87,7 @@ class MemoryLedger:
             r.status_code, r.response, r.error = o.status_code, o.response, o.error
             r.upstream_request_id, r.attempts, r.usage = o.upstream_request_id, o.attempts, o.usage
             batch = self.batches.by_seq.get(o.batch_seq)
-            if batch is not None and batch.batch.status in _LIVE:
+            if batch is not None and batch.batch.status in OPEN:
                 b = batch.batch
                 b.completed, b.failed = b.completed + o.ok, b.failed + (not o.ok)
                 b.usage.add(o.usage)
