@@ -19,7 +19,7 @@ lint:
 	$(BIN)/ruff format --check overnight
 
 typecheck:
-	$(BIN)/mypy overnight
+	$(BIN)/mypy overnight tests/support
 
 check: lint typecheck
 

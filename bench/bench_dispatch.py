@@ -28,8 +28,8 @@ from common import chat_lines, machine, run_batch
 from openai import OpenAI
 
 from overnight.backends.http1 import ConnectionPool
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 
 async def _timed(data: bytes, concurrency: int, send: Callable[[bytes], Awaitable[bytes]]) -> float:

@@ -16,8 +16,8 @@ import orjson
 from common import machine, run_batch
 from openai import OpenAI
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 
 def big_lines(n: int, line_bytes: int) -> bytes:

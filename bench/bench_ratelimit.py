@@ -16,8 +16,8 @@ import urllib.request
 from common import chat_lines, machine, run_batch
 from openai import OpenAI
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +24,9 @@ from pathlib import Path
 from common import chat_lines, machine
 from openai import OpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.scaleout.infra
-
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from overnight.server_process import OvernightProcess
 from tests.scaleout.infra import MotoServer, create_database, drop_database
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 MODEL = "bench-model"
 

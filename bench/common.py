@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import orjson
 from openai import OpenAI
+
+# The upstream stub is test infrastructure (tests/support), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def machine() -> str:

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.models import TERMINAL
+from overnight.server_process import OvernightProcess
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -79,7 +80,7 @@ def run_demo(console: Console | None = None) -> int:
             )
             with Progress(*columns, console=console, transient=False) as bar:
                 task = bar.add_task("validating", total=len(QUESTIONS))
-                while batch.status not in ("completed", "failed", "expired", "cancelled"):
+                while batch.status not in TERMINAL:
                     time.sleep(0.2)
                     batch = client.batches.retrieve(batch.id)
                     counts = batch.request_counts

@@ -109,3 +109,13 @@ class StorageUnavailable(OvernightError):
 
 class ConfigError(OvernightError):
     """The configuration is not valid."""
+
+
+class UpstreamError(OvernightError):
+    """The model did not give a usable answer.
+
+    The root of what backends raise; the engine turns each kind into an attempt's
+    outcome (retry later, fail the line), so a client meets these only in error lines.
+    """
+
+    status_code = 502

@@ -23,10 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from overnight.models import BatchStatus, RequestState, Usage
-from overnight.store.schema import batches, requests
+from overnight.models import Usage
 from overnight.webhooks import outcomes as webhook_outcomes
 
 # Upstream latency buckets (seconds): from a fast local server to a long generation.
@@ -132,36 +130,11 @@ async def _store_families(app: Any) -> list[Metric]:
     svc = getattr(app.state, "services", None)
     if svc is None:
         return []
-    engine = svc.store.engine
-    open_states = [s.value for s in BatchStatus if not s.terminal]
-    by_status = {s.value: 0 for s in BatchStatus}
-    async with engine.connect() as conn:
-        for status, n in (
-            await conn.execute(select(batches.c.status, func.count()).group_by(batches.c.status))
-        ).all():
-            by_status[status] = int(n)
-        # Only open batches have unfinished rows; the (batch_seq, state) index serves this.
-        open_seqs = select(batches.c.seq).where(batches.c.status.in_(open_states))
-        backlog = {RequestState.PENDING: 0, RequestState.LEASED: 0}
-        rows = await conn.execute(
-            select(requests.c.state, func.count())
-            .where(requests.c.batch_seq.in_(open_seqs), requests.c.state.in_(list(backlog)))
-            .group_by(requests.c.state)
-        )
-        for state, n in rows.all():
-            backlog[RequestState(state)] = int(n)
-        token_sums = (
-            await conn.execute(
-                select(
-                    func.coalesce(func.sum(batches.c.input_tokens), 0),
-                    func.coalesce(func.sum(batches.c.output_tokens), 0),
-                )
-            )
-        ).one()
+    stats = await svc.store.stats()
     status_family = GaugeMetricFamily(
         "overnight_batches", "Batches in the store by status.", labels=["status"]
     )
-    for status, n in by_status.items():
+    for status, n in stats.batches_by_status.items():
         status_family.add_metric([status], n)
     backlog_family = GaugeMetricFamily(
         "overnight_ledger_backlog",
@@ -169,15 +142,15 @@ async def _store_families(app: Any) -> list[Metric]:
         "leased: claimed by a worker).",
         labels=["state"],
     )
-    backlog_family.add_metric(["pending"], backlog[RequestState.PENDING])
-    backlog_family.add_metric(["leased"], backlog[RequestState.LEASED])
+    backlog_family.add_metric(["pending"], stats.pending)
+    backlog_family.add_metric(["leased"], stats.leased)
     stored_tokens = GaugeMetricFamily(
         "overnight_batch_tokens",
         "Tokens used by every batch in the store (from the batches' usage).",
         labels=["kind"],
     )
-    stored_tokens.add_metric(["input"], int(token_sums[0]))
-    stored_tokens.add_metric(["output"], int(token_sums[1]))
+    stored_tokens.add_metric(["input"], stats.input_tokens)
+    stored_tokens.add_metric(["output"], stats.output_tokens)
     families: list[Metric] = [status_family, backlog_family, stored_tokens]
     scheduler = getattr(app.state, "scheduler", None)
     if scheduler is not None:

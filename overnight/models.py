@@ -47,6 +47,10 @@ class BatchStatus(StrEnum):
 TERMINAL = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
+# The statuses of a batch with work left: its requests may still run and count.
+OPEN = frozenset(set(BatchStatus) - TERMINAL)
+# How long batch input and output files live unless the client says otherwise (both vendors).
+FILE_TTL = 30 * 86400
 
 
 class FileStatus(StrEnum):
@@ -191,6 +195,9 @@ class Batch:
     endpoint_spelling: str | None = None  # what the client sent, echoed back
     dialect: str | None = None  # "openai" or "azure": whose words validation errors use
     estimated_cost: dict[str, Any] | None = None  # overnight's extra field: cost.annotate()
+    # What the engine keeps and a client never sees:
+    seq: int = 0  # the store's key: ledger rows point at it, listing pages by it
+    stop_reason: str | None = None  # "cancel" or "expire" once the batch must stop
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -227,3 +234,15 @@ class Batch:
             "output_expires_after": self.output_expires_after,
             "estimated_cost": self.estimated_cost,  # {"currency", "amount"} or null
         }
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """What `overnight keys list` shows: never the key itself."""
+
+    id: str
+    project: str
+    prefix: str
+    name: str | None
+    created_at: int
+    revoked_at: int | None = None

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from overnight.backends.router import Router
-from overnight.blobs.base import BlobStore, open_blobs
+from overnight.blobs import BlobStore, open_blobs
 from overnight.disk import keep_reserve
 from overnight.settings import Settings
 from overnight.store import Store, open_store

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
 
 API_KEY = "sk-tools-test"

@@ -13,34 +13,20 @@ after hashing it, never logs one, and never echoes one in an error.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 
 from fastapi import Request
 
 from overnight.errors import ConfigError, Unauthorized
-from overnight.store.keys import KeyRepo, hash_key
+from overnight.loopback import is_loopback
+from overnight.store.base import KeyStore
+from overnight.store.keys import hash_key
 
 ANONYMOUS_PROJECT = "default"
 MAX_KEY_CHARS = 512  # longer "keys" are not ours: refused without hashing or a lookup
 MAX_CACHED = 10_000
 # While no key is configured, look again this often (a key may be created meanwhile).
 UNCONFIGURED_RECHECK = 1.0
-
-
-def is_loopback(host: str | None) -> bool:
-    """127.0.0.0/8, ::1 (also IPv4-mapped) and "localhost"; a Unix socket (None) is local too."""
-    if host is None:
-        return True
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def presented_key(request: Request) -> str | None:
@@ -60,7 +46,7 @@ class KeyRing:
     def __init__(
         self,
         pairs: tuple[tuple[str, str], ...] = (),
-        repo: KeyRepo | None = None,
+        repo: KeyStore | None = None,
         cache_seconds: float = 5.0,
     ) -> None:
         self._static: dict[str, str] = {}

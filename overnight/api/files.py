@@ -24,7 +24,7 @@ from overnight.api.schemas import (
 )
 from overnight.api.upload import receive_upload
 from overnight.errors import InvalidRequest, MissingParameter, NotFound
-from overnight.models import File, FileStatus, new_file_id, now
+from overnight.models import FILE_TTL, File, FileStatus, new_file_id, now
 from overnight.services import Services
 
 router = APIRouter(tags=["files"], responses=AUTH_ERRORS)
@@ -34,7 +34,6 @@ PURPOSES = frozenset(
 )
 UPLOAD_PURPOSES = PURPOSES - {"batch_output"}
 MIN_TTL, MAX_TTL = 3600, 2_592_000
-BATCH_TTL = 30 * 86400
 EXPIRY_FIELDS = ("anchor", "seconds")
 
 Project = Annotated[str, Depends(current_project)]
@@ -53,7 +52,7 @@ def _expiry(fields: dict[str, str], purpose: str, created: int) -> int | None:
     anchor = fields.get("expires_after[anchor]")
     seconds = fields.get("expires_after[seconds]")
     if anchor is None and seconds is None:
-        return created + BATCH_TTL if purpose == "batch" else None
+        return created + FILE_TTL if purpose == "batch" else None
     if anchor != "created_at":
         raise InvalidRequest(
             "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor"

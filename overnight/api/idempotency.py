@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from overnight.errors import Conflict, InvalidRequest
 from overnight.models import now
-from overnight.store.idempotency import IdempotencyRepo
+from overnight.store.base import IdempotencyStore
 
 HEADER = "idempotency-key"
 MAX_KEY = 255
@@ -64,7 +64,7 @@ def _stored(status: int, body: str) -> Response:
 
 
 async def run_once(
-    repo: IdempotencyRepo,
+    repo: IdempotencyStore,
     project: str,
     key: str | None,
     operation: str,

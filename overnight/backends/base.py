@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from overnight.errors import UpstreamError
+
 # The canonical spelling of every endpoint the engine knows. Azure's spelling
 # without "/v1" is mapped onto these by `jsonl.normalize_endpoint`.
 CHAT = "/v1/chat/completions"
@@ -53,7 +55,7 @@ class Response:
         return self.raw if self.raw is not None else orjson.dumps(self.body)
 
 
-class TransientError(Exception):
+class TransientError(UpstreamError):
     """The request may succeed if sent again later.
 
     `retry_after` (seconds) is the upstream's own hint, when it gave one.
@@ -64,6 +66,8 @@ class TransientError(Exception):
     `unsent`: no connection could be made, so nothing was sent and no attempt is
     spent; `route_down`: no replica of the route can be reached (its breaker opens).
     """
+
+    code: str = "upstream_error"
 
     def __init__(
         self,
@@ -76,17 +80,15 @@ class TransientError(Exception):
         unsent: bool = False,
         route_down: bool = False,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, code=code)
         self.retry_after = retry_after
         self.response = response
         self.overloaded = overloaded
-        self.code = code
         self.unsent = unsent
         self.route_down = route_down
 
 
-class UnusableAnswer(Exception):
+class UnusableAnswer(UpstreamError):
     """The upstream answered in full with a 2xx status, but not with a JSON object.
 
     A 2xx answer is a finished (and billed) generation, so it is never sent again:
@@ -94,8 +96,7 @@ class UnusableAnswer(Exception):
     """
 
     def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, code="invalid_upstream_response")
         self.headers = headers or {}
 
 

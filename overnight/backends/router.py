@@ -31,9 +31,10 @@ def build_backend(route: Route) -> Backend:
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backends: dict[str, Backend] | None = None) -> None:
+        """`backends`: route name -> a backend to use instead of building one (tests)."""
         self.settings = settings
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[str, Backend] = dict(backends or {})
 
     def route(self, model: str) -> Route | None:
         return self.settings.route_for(model)

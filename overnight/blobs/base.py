@@ -1,4 +1,4 @@
-"""Where file bytes live: a small streaming interface with local and S3 drivers."""
+"""Where file bytes live: a small streaming interface; the drivers implement it."""
 
 from __future__ import annotations
 
@@ -67,15 +67,3 @@ class BlobStore(ABC):
 
     def describe(self) -> str:
         return type(self).__name__
-
-
-def open_blobs(url: str) -> BlobStore:
-    """`file:///dir` (default) or `s3://bucket/prefix`."""
-    if url.startswith("s3://"):
-        from overnight.blobs.s3 import S3BlobStore
-
-        return S3BlobStore.from_url(url)
-    from overnight.blobs.local import LocalBlobStore
-
-    path = url[len("file://") :] if url.startswith("file://") else url
-    return LocalBlobStore(path)

@@ -26,7 +26,6 @@ from rich.text import Text
 
 from overnight.cli.app import app
 from overnight.cli.progress import (
-    TERMINAL,
     ago,
     cost_text,
     counts,
@@ -37,6 +36,7 @@ from overnight.cli.progress import (
     tokens,
 )
 from overnight.cli.results import download, input_lines, parse_jsonl, succeeded, write_results
+from overnight.models import TERMINAL
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 

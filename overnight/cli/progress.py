@@ -19,7 +19,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+from overnight.models import TERMINAL
+
 PLAIN_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
 STATUS_STYLE = {
     "validating": "cyan",

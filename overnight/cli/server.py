@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 from pathlib import Path
@@ -16,6 +15,7 @@ import typer
 from overnight import settings as settings_mod
 from overnight.cli.app import app
 from overnight.errors import ConfigError
+from overnight.loopback import is_loopback
 from overnight.settings import Settings
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
@@ -59,15 +59,6 @@ def _setup_logging(level: str) -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("overnight").setLevel(getattr(logging, level.upper(), logging.INFO))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _database_has_keys(s: Settings) -> bool:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 
 from overnight.blobs.base import BlobWriter
 from overnight.jsonl import request_id, result_line
-from overnight.models import BatchStatus, File, RequestState, new_file_id, now
+from overnight.models import FILE_TTL, Batch, BatchStatus, File, RequestState, new_file_id, now
 from overnight.services import Services
+from overnight.store.base import error_json
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
 log = logging.getLogger("overnight.finalize")
-
-OUTPUT_TTL = 30 * 86400
 
 STOP_ERRORS = {
     "expire": (
@@ -66,18 +64,18 @@ class _Output:
             await self.writer.abort()
 
 
-async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
-    """Finish `row`: reason None (all done), "cancel" or "expire". Safe to re-run after a crash."""
+async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> None:
+    """Finish `batch`: reason None (all done), "cancel" or "expire". Safe to re-run."""
     ledger = svc.store.ledger
-    what = f"finalizing {row.id}"
+    what = f"finalizing {batch.id}"
     if reason in STOP_ERRORS:
         code, message = STOP_ERRORS[reason]
-        stop_error = orjson.dumps({"code": code, "message": message}).decode()
-        await retrying(lambda: ledger.close_open(row.seq, stop_error), what)
-    elif row.status == BatchStatus.IN_PROGRESS:
+        stop_error = error_json(code, message)
+        await retrying(lambda: ledger.close_open(batch.seq, stop_error), what)
+    elif batch.status == BatchStatus.IN_PROGRESS:
         await retrying(
             lambda: svc.store.batches.transition(
-                row.id,
+                batch.id,
                 [BatchStatus.IN_PROGRESS],
                 status=BatchStatus.FINALIZING,
                 finalizing_at=now(),
@@ -85,10 +83,10 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
             what,
         )
 
-    output = _Output(svc, row.id, "output")
-    errors = _Output(svc, row.id, "error")
+    output = _Output(svc, batch.id, "output")
+    errors = _Output(svc, batch.id, "error")
     try:
-        async for r in ledger.results(row.seq):
+        async for r in ledger.results(batch.seq):
             if r.state == RequestState.DONE:
                 target = output
             elif r.state == RequestState.FAILED:
@@ -98,7 +96,7 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
             error = orjson.loads(r.error) if r.error else None
             await target.add(
                 result_line(
-                    request_id(row.id, r.line),
+                    request_id(batch.id, r.line),
                     r.custom_id,
                     r.status_code,
                     r.upstream_request_id,
@@ -113,84 +111,68 @@ async def finalize_batch(svc: Services, row: Any, reason: str | None) -> None:
         await errors.abort()
         raise
 
-    counts, usage = await retrying(lambda: ledger.counts(row.seq), what)
+    counts, usage = await retrying(lambda: ledger.counts(batch.seq), what)
     t = now()
-    ttl = OUTPUT_TTL
-    if row.output_expires_after:
-        ttl = int(orjson.loads(row.output_expires_after).get("seconds", OUTPUT_TTL))
+    ttl = FILE_TTL
+    if batch.output_expires_after:
+        ttl = int(batch.output_expires_after.get("seconds", FILE_TTL))
     final = {
-        None: (BatchStatus.COMPLETED, "completed_at"),
-        "cancel": (BatchStatus.CANCELLED, "cancelled_at"),
-        "expire": (BatchStatus.EXPIRED, "expired_at"),
+        None: BatchStatus.COMPLETED,
+        "cancel": BatchStatus.CANCELLED,
+        "expire": BatchStatus.EXPIRED,
     }[reason]
-    values: dict[str, Any] = {
-        "status": final[0],
-        final[1]: t,
-        "total": counts.total,
-        "completed": counts.completed,
-        "failed": counts.failed,
-        "input_tokens": usage.input_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "owner": None,
-        "owner_until": None,
-    }
-    new_files = []
+    new_files: list[tuple[str, File]] = []
     for out, size, column in (
         (output, out_size, "output_file_id"),
         (errors, err_size, "error_file_id"),
     ):
         if size is None:
             continue
-        values[column] = out.file_id
         new_files.append(
-            File(
-                id=out.file_id,
-                project=row.project,
-                purpose="batch_output",
-                filename=out.name,
-                bytes=size,
-                created_at=t,
-                expires_at=t + ttl,
-                blob_key=out.key,
+            (
+                column,
+                File(
+                    id=out.file_id,
+                    project=batch.project,
+                    purpose="batch_output",
+                    filename=out.name,
+                    bytes=size,
+                    created_at=t,
+                    expires_at=t + ttl,
+                    blob_key=out.key,
+                ),
             )
         )
     from_states = [BatchStatus.FINALIZING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]
-
-    ours = {f.id for f in new_files}
+    ours = {f.id for _, f in new_files}
+    batches = svc.store.batches
+    totals = (counts.total, counts.completed, counts.failed)
 
     async def close_batch() -> bool:
-        async with svc.store.engine.begin() as conn:
-            if await svc.store.batches.transition(row.id, from_states, conn=conn, **values):
-                for f in new_files:
-                    await svc.store.files.add(f, conn)
-                return True
-            await conn.rollback()
+        if await batches.finish(batch.id, from_states, final, t, totals, usage, new_files):
+            return True
         # Closed already: by another process, or by this one in a commit whose answer
         # the database dropped (then the batch names our files).
-        now_row = await svc.store.batches.get(row.id)
+        now_row = await batches.get(batch.id)
         named = {now_row.output_file_id, now_row.error_file_id} if now_row else set()
-        return bool(ours & named) or (
-            not ours and now_row is not None and now_row.status == final[0]
-        )
+        return bool(ours & named) or (not ours and now_row is not None and now_row.status == final)
 
     try:
         done = await retrying(close_batch, what)
     except Exception:
-        for f in new_files:  # written for nothing; the next run writes its own
+        for _, f in new_files:  # written for nothing; the next run writes its own
             await svc.blobs.delete(f.blob_key)
         raise
     if not done:
-        for f in new_files:
+        for _, f in new_files:
             await svc.blobs.delete(f.blob_key)
-        log.info("batch %s was finalized elsewhere", row.id)
+        log.info("batch %s was finalized elsewhere", batch.id)
         return
-    await batch_ended(svc, row.project, row.id, final[0])
+    await batch_ended(svc, batch.project, batch.id, final)
     log.info(
         "batch %s %s: %d completed, %d failed of %d",
-        row.id,
-        final[0],
+        batch.id,
+        final,
         counts.completed,
         counts.failed,
         counts.total,

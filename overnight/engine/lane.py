@@ -19,8 +19,8 @@ from typing import Any
 from overnight.backends.base import Backend
 from overnight.engine.breaker import Breaker
 from overnight.engine.limits import Limiter
+from overnight.store.base import Claimed, LedgerStore
 from overnight.store.faults import log_failure
-from overnight.store.ledger import Claimed, Ledger
 
 log = logging.getLogger("overnight.lane")
 
@@ -50,7 +50,7 @@ class Lane:
     backend: Backend
     limiter: Limiter
     breaker: Breaker
-    ledger: Ledger
+    ledger: LedgerStore
     owner: str
     execute: Callable[[Lane, Item, bool], Awaitable[None]]
     claim_chunk: int = 256

@@ -7,11 +7,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import orjson
-
 from overnight.models import Usage
+from overnight.store.base import LedgerStore, Outcome, error_json
 from overnight.store.faults import is_disk_full, is_transient, log_failure
-from overnight.store.ledger import Ledger, Outcome
 
 log = logging.getLogger("overnight.results")
 
@@ -19,7 +17,7 @@ log = logging.getLogger("overnight.results")
 def unstorable(outcome: Outcome, reason: str) -> Outcome:
     """The failed line that replaces a result the store cannot hold."""
     message = f"overnight could not store the upstream's answer to this request ({reason})."
-    error = orjson.dumps({"code": "invalid_upstream_response", "message": message}).decode()
+    error = error_json("invalid_upstream_response", message)
     return Outcome(
         outcome.id,
         outcome.batch_seq,
@@ -41,7 +39,7 @@ class ResultSink:
     again (they count as "in flight at the crash").
     """
 
-    def __init__(self, ledger: Ledger, owner: str, interval: float, flush_max: int) -> None:
+    def __init__(self, ledger: LedgerStore, owner: str, interval: float, flush_max: int) -> None:
         self.ledger = ledger
         self.owner = owner
         self.interval = interval

@@ -12,8 +12,6 @@ import logging
 import random
 from typing import Any
 
-import orjson
-
 from overnight.backends.base import Response, TransientError, UnusableAnswer
 from overnight.engine.breaker import Breaker
 from overnight.engine.lane import ActiveBatch, Item, Lane
@@ -30,16 +28,12 @@ from overnight.metrics import (
 )
 from overnight.models import Usage
 from overnight.services import Services
-from overnight.store.ledger import Outcome
+from overnight.store.base import Outcome, error_json
 
 log = logging.getLogger("overnight.runner")
 
 LOCAL_CONCURRENCY = 64
 MAX_MESSAGE = 2000
-
-
-def error_json(code: str, message: str) -> str:
-    return orjson.dumps({"code": code, "message": message}).decode()
 
 
 def answer_error(response: Response) -> str:

@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.lane import ActiveBatch
 from overnight.engine.runner import Runner
 from overnight.engine.validate import validate_batch
-from overnight.models import BatchStatus, now
+from overnight.models import Batch, BatchStatus, now
 from overnight.services import Services
 from overnight.store.faults import log_failure
 
@@ -55,6 +54,30 @@ class Scheduler:
         self.runner.sink.on_flush = self._after_flush
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
+
+    async def run_until_idle(self, timeout: float = 300.0) -> None:
+        """Burst mode (as arq's `Worker(burst=True)`): drive every open batch to its end,
+        then return, leaving the engine started (call `stop()` after). For unit tests on
+        the in-memory fakes and one-shot runs; raises TimeoutError if work remains."""
+        if not self._recovered:
+            await self._recover()
+        if self.runner.sink.on_flush is None:
+            self.runner.sink.on_flush = self._after_flush
+            self.runner.start()
+        deadline = time.monotonic() + timeout
+        interval = self.svc.settings.poll_interval
+        while True:
+            await self.tick()
+            if self._jobs:
+                await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+                continue
+            if not await self.svc.store.batches.active():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batches still open after {timeout:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
 
     async def _recover(self) -> None:
         """Take back what a process that died held. Never fatal: on a full disk or with the
@@ -114,40 +137,40 @@ class Scheduler:
             await self._housekeeping(t)
         rows = await svc.store.batches.active()
         runnable: list[ActiveBatch] = []
-        for row in rows:
-            status = row.status
+        for batch in rows:
+            status = batch.status
             if status == BatchStatus.VALIDATING:
-                self._start_job(row, "validate")
+                self._start_job(batch, "validate")
             elif status == BatchStatus.FINALIZING:
-                self._start_job(row, "finalize")
+                self._start_job(batch, "finalize")
             elif status == BatchStatus.CANCELLING:
-                await self._stop_when_quiet(row, "cancel", row.cancelling_at)
+                await self._stop_when_quiet(batch, "cancel", batch.cancelling_at)
             elif status == BatchStatus.IN_PROGRESS:
-                if row.stop_reason is None and t >= row.expires_at:
-                    await svc.store.batches.set_values(row.id, stop_reason="expire")
-                    log.info("batch %s passed its completion window", row.id)
+                if batch.stop_reason is None and t >= batch.expires_at:
+                    await svc.store.batches.set_values(batch.id, stop_reason="expire")
+                    log.info("batch %s passed its completion window", batch.id)
                     continue
-                if row.stop_reason == "expire":
-                    await self._stop_when_quiet(row, "expire", row.expires_at)
+                if batch.stop_reason == "expire":
+                    await self._stop_when_quiet(batch, "expire", batch.expires_at)
                     continue
-                if row.model is not None:
-                    runnable.append(ActiveBatch(row.seq, row.id, row.endpoint, row.model))
-                if row.completed + row.failed >= row.total:
-                    pending, leased = await svc.store.ledger.open_count(row.seq)
+                if batch.model is not None:
+                    runnable.append(ActiveBatch(batch.seq, batch.id, batch.endpoint, batch.model))
+                if batch.completed + batch.failed >= batch.total:
+                    pending, leased = await svc.store.ledger.open_count(batch.seq)
                     if pending == 0 and leased == 0:
-                        self._start_job(row, "finalize")
+                        self._start_job(batch, "finalize")
         await self.runner.set_active(runnable)
 
-    async def _stop_when_quiet(self, row: Any, reason: str, since: int | None) -> None:
+    async def _stop_when_quiet(self, batch: Batch, reason: str, since: int | None) -> None:
         """Let requests in flight finish, up to the grace period, then finalize."""
-        _pending, leased = await self.svc.store.ledger.open_count(row.seq)
+        _pending, leased = await self.svc.store.ledger.open_count(batch.seq)
         grace = self.svc.settings.cancel_grace_seconds
         if leased == 0 or since is None or now() - since >= grace:
-            self._start_job(row, "finalize", reason)
+            self._start_job(batch, "finalize", reason)
 
-    def _start_job(self, row: Any, what: str, reason: str | None = None) -> None:
-        """Validate or finalize `row` in the background, once, under the batch's lease."""
-        if row.id in self._jobs:
+    def _start_job(self, batch: Batch, what: str, reason: str | None = None) -> None:
+        """Validate or finalize `batch` in the background, once, under the batch's lease."""
+        if batch.id in self._jobs:
             return
 
         async def run() -> None:
@@ -156,13 +179,13 @@ class Scheduler:
             try:
                 until = time.time() + svc.settings.lease_seconds * 5
                 owned = await svc.store.batches.take_ownership(
-                    row.id, svc.owner, time.time(), until
+                    batch.id, svc.owner, time.time(), until
                 )
                 if not owned:
                     return  # another process is on it; the next tick looks again
-                # `row` was read before the lease was taken: another process may have
+                # `batch` was read before the lease was taken: another process may have
                 # validated or finalized the batch since. Act on what is true now.
-                fresh = await svc.store.batches.row(row.id)
+                fresh = await svc.store.batches.get(batch.id)
                 if fresh is None or not _still_needed(fresh.status, what, reason):
                     return
                 started = time.perf_counter()
@@ -170,18 +193,18 @@ class Scheduler:
                     await validate_batch(svc, fresh)
                 else:
                     await finalize_batch(svc, fresh, reason)
-                log.debug("%s %s took %.3f s", what, row.id, time.perf_counter() - started)
+                log.debug("%s %s took %.3f s", what, batch.id, time.perf_counter() - started)
             except Exception as exc:
-                log_failure(log, exc, "could not %s batch %s; will try again", what, row.id)
+                log_failure(log, exc, "could not %s batch %s; will try again", what, batch.id)
                 await asyncio.sleep(1.0)
             finally:
                 if owned:
-                    await svc.store.batches.release_ownership(row.id, svc.owner)
-                self._jobs.pop(row.id, None)
+                    await svc.store.batches.release_ownership(batch.id, svc.owner)
+                self._jobs.pop(batch.id, None)
                 if owned:
                     self.wake()
 
-        self._jobs[row.id] = asyncio.create_task(run(), name=f"{what}:{row.id}")
+        self._jobs[batch.id] = asyncio.create_task(run(), name=f"{what}:{batch.id}")
 
     async def _housekeeping(self, t: float) -> None:
         svc = self.svc

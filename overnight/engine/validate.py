@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from overnight.dialect import Dialect, invalid, line_error
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
-from overnight.models import BatchError, BatchStatus, now
+from overnight.models import Batch, BatchError, BatchStatus, now
 from overnight.services import Services
-from overnight.store.batches import errors_json
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
@@ -23,7 +21,7 @@ INSERT_CHUNK = 5000
 
 
 async def _check_lines(
-    svc: Services, row: Any, key: str, errors: list[BatchError], resume_after: int
+    svc: Services, batch: Batch, key: str, errors: list[BatchError], resume_after: int
 ) -> tuple[int, str | None, int]:
     """Stream the file once: insert valid lines after `resume_after`, collect errors.
 
@@ -31,7 +29,7 @@ async def _check_lines(
     `resume_after` are in the ledger already, from a run that was interrupted.
     Returns (count, model, the line that first named the model)."""
     s = svc.settings
-    dialect = row.dialect or Dialect.OPENAI
+    dialect = batch.dialect or Dialect.OPENAI
     seen: dict[bytes, int] = {}  # custom_id digest -> its first line
     model: str | None = None
     model_line = 0
@@ -41,7 +39,7 @@ async def _check_lines(
     inserting: asyncio.Task[None] | None = None
     try:
         async for number, raw in split_lines(svc.blobs.read(key), s.max_line_bytes):
-            parsed = parse_line(number, raw, row.endpoint, dialect)
+            parsed = parse_line(number, raw, batch.endpoint, dialect)
             if parsed is None:
                 continue
             if isinstance(parsed, list):
@@ -79,7 +77,7 @@ async def _check_lines(
                     if len(buffer) >= INSERT_CHUNK:
                         if inserting is not None:
                             await inserting
-                        inserting = asyncio.create_task(_insert(svc, row.seq, buffer))
+                        inserting = asyncio.create_task(_insert(svc, batch.seq, buffer))
                         buffer = []
             if len(errors) >= MAX_ERRORS:
                 break
@@ -90,7 +88,7 @@ async def _check_lines(
         if inserting is not None:
             await inserting  # always: the error path clears the ledger after this returns
     if not errors:
-        await _insert(svc, row.seq, buffer)
+        await _insert(svc, batch.seq, buffer)
     return count, model, model_line
 
 
@@ -103,17 +101,17 @@ async def _insert(svc: Services, batch_seq: int, lines: list[Line]) -> None:
     )
 
 
-async def validate_batch(svc: Services, row: Any) -> None:
+async def validate_batch(svc: Services, batch: Batch) -> None:
     """Validate one `validating` batch; resumable, so a crash or a dropped database
     connection mid-way goes on from the last window inserted."""
     ledger = svc.store.ledger
-    resume_after = await retrying(lambda: ledger.last_line(row.seq), f"validating {row.id}")
+    resume_after = await retrying(lambda: ledger.last_line(batch.seq), f"validating {batch.id}")
     errors: list[BatchError] = []
     count, model = 0, None
-    dialect = row.dialect or Dialect.OPENAI
+    dialect = batch.dialect or Dialect.OPENAI
     # Another project's file is "not found" exactly like a file that never existed.
     f = await retrying(
-        lambda: svc.store.files.get(row.input_file_id, row.project), f"validating {row.id}"
+        lambda: svc.store.files.get(batch.input_file_id, batch.project), f"validating {batch.id}"
     )
     if f is None:
         errors.append(
@@ -122,14 +120,14 @@ async def validate_batch(svc: Services, row: Any) -> None:
                 "file_not_found",
                 None,
                 "file_id",
-                file_id=row.input_file_id,
-                project=row.project,
+                file_id=batch.input_file_id,
+                project=batch.project,
             )
         )
     else:
         if resume_after:
-            log.info("batch %s: resuming validation after line %d", row.id, resume_after)
-        count, model, model_line = await _check_lines(svc, row, f.blob_key, errors, resume_after)
+            log.info("batch %s: resuming validation after line %d", batch.id, resume_after)
+        count, model, model_line = await _check_lines(svc, batch, f.blob_key, errors, resume_after)
         if not errors and count == 0:
             errors.append(line_error(dialect, "empty_file", None))
         if not errors and model is not None and svc.router.route(model) is None:
@@ -142,28 +140,28 @@ async def validate_batch(svc: Services, row: Any) -> None:
             )
             errors.append(error)
     t = now()
-    batches, what = svc.store.batches, f"validating {row.id}"
+    batches, what = svc.store.batches, f"validating {batch.id}"
     if errors:
-        await retrying(lambda: ledger.clear(row.seq), what)
+        await retrying(lambda: ledger.clear(batch.seq), what)
         if await retrying(
             lambda: batches.transition(
-                row.id,
+                batch.id,
                 [BatchStatus.VALIDATING, BatchStatus.CANCELLING],
                 status=BatchStatus.FAILED,
-                errors=errors_json(errors),
+                errors=errors,
                 failed_at=t,
                 model=model,
             ),
             what,
         ):
-            await batch_ended(svc, row.project, row.id, BatchStatus.FAILED)
-        log.info("batch %s failed validation: %s", row.id, errors[0].code)
+            await batch_ended(svc, batch.project, batch.id, BatchStatus.FAILED)
+        log.info("batch %s failed validation: %s", batch.id, errors[0].code)
         return
     # The total and the status change together: a client never sees a validating batch
     # with its total known, nor an in_progress one without it.
     started = await retrying(
         lambda: batches.transition(
-            row.id,
+            batch.id,
             [BatchStatus.VALIDATING],
             status=BatchStatus.IN_PROGRESS,
             in_progress_at=t,
@@ -173,5 +171,5 @@ async def validate_batch(svc: Services, row: Any) -> None:
         what,
     )
     if not started:  # cancelled meanwhile: its counts still say what it held
-        await retrying(lambda: batches.set_values(row.id, total=count, model=model), what)
-    log.info("batch %s validated: %d requests for model %r", row.id, count, model)
+        await retrying(lambda: batches.set_values(batch.id, total=count, model=model), what)
+    log.info("batch %s validated: %d requests for model %r", batch.id, count, model)

@@ -9,8 +9,9 @@ import orjson
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from overnight.models import Batch, BatchError, BatchStatus, Usage
-from overnight.store.schema import batches
+from overnight.models import Batch, BatchError, BatchStatus, File, Usage
+from overnight.store.files import file_values
+from overnight.store.schema import batches, files
 
 _PLAIN = (
     "id",
@@ -36,7 +37,16 @@ _PLAIN = (
     "total",
     "completed",
     "failed",
+    "stop_reason",
 )
+
+
+_ENDED_AT: dict[str, str] = {
+    BatchStatus.COMPLETED: "completed_at",
+    BatchStatus.CANCELLED: "cancelled_at",
+    BatchStatus.EXPIRED: "expired_at",
+    BatchStatus.FAILED: "failed_at",
+}
 
 
 def _loads(text: str | None) -> Any:
@@ -44,7 +54,7 @@ def _loads(text: str | None) -> Any:
 
 
 def to_batch(row: Any) -> Batch:
-    b = Batch(**{c: getattr(row, c) for c in _PLAIN})
+    b = Batch(**{c: getattr(row, c) for c in _PLAIN}, seq=row.seq)
     errors = _loads(row.errors)
     b.errors = [BatchError(**e) for e in errors] if errors else None
     b.usage = Usage(row.input_tokens, row.cached_tokens, row.output_tokens, row.reasoning_tokens)
@@ -55,6 +65,14 @@ def to_batch(row: Any) -> Batch:
 
 def errors_json(errors: Iterable[BatchError]) -> str:
     return orjson.dumps([e.to_api() for e in errors]).decode()
+
+
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    """Batch fields as the table stores them (errors as JSON text)."""
+    errors = values.get("errors")
+    if errors is not None and not isinstance(errors, str):
+        values = {**values, "errors": errors_json(errors)}
+    return values
 
 
 class BatchRepo:
@@ -72,15 +90,12 @@ class BatchRepo:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def get(self, batch_id: str, project: str | None = None) -> Batch | None:
-        row = await self.row(batch_id, project)
-        return to_batch(row) if row else None
-
-    async def row(self, batch_id: str, project: str | None = None) -> Any:
         query = select(batches).where(batches.c.id == batch_id)
         if project is not None:
             query = query.where(batches.c.project == project)
         async with self.engine.connect() as conn:
-            return (await conn.execute(query)).first()
+            row = (await conn.execute(query)).first()
+        return to_batch(row) if row else None
 
     async def page(
         self, project: str, *, limit: int, after: str | None
@@ -110,12 +125,12 @@ class BatchRepo:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
-    async def active(self) -> list[Any]:
-        """Rows of every batch the executor still has work on."""
+    async def active(self) -> list[Batch]:
+        """Every batch the executor still has work on, oldest first."""
         open_states = [s.value for s in BatchStatus if not s.terminal]
         query = select(batches).where(batches.c.status.in_(open_states)).order_by(batches.c.seq)
         async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
+            return [to_batch(r) for r in (await conn.execute(query)).all()]
 
     async def transition(
         self,
@@ -128,12 +143,52 @@ class BatchRepo:
         query = (
             update(batches)
             .where(batches.c.id == batch_id, batches.c.status.in_(list(from_states)))
-            .values(**values)
+            .values(**_columns(values))
         )
         if conn is not None:
             return (await conn.execute(query)).rowcount == 1
         async with self.engine.begin() as c:
             return (await c.execute(query)).rowcount == 1
+
+    async def finish(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        status: str,
+        at: int,
+        counts: tuple[int, int, int],
+        usage: Usage,
+        outputs: Iterable[tuple[str, File]],
+    ) -> bool:
+        """Close the batch in `status` with its final counts and output files, in one
+        transaction, only if it is still in `from_states`; its batch lease ends with it.
+
+        `counts` is (total, completed, failed); `outputs` pairs a column
+        (`output_file_id`, `error_file_id`) with the file row it names."""
+        total, completed, failed = counts
+        values: dict[str, Any] = {
+            "status": status,
+            _ENDED_AT[status]: at,
+            "total": total,
+            "completed": completed,
+            "failed": failed,
+            "input_tokens": usage.input_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "output_tokens": usage.output_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "owner": None,
+            "owner_until": None,
+        }
+        rows = []
+        for column, f in outputs:
+            values[column] = f.id
+            rows.append(file_values(f))
+        async with self.engine.begin() as conn:
+            if not await self.transition(batch_id, from_states, conn, **values):
+                return False
+            if rows:
+                await conn.execute(insert(files), rows)
+            return True
 
     async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
         """A batch-level lease, so one process validates or finalizes a batch at a time."""
@@ -172,4 +227,5 @@ class BatchRepo:
 
     async def set_values(self, batch_id: str, **values: Any) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+            query = update(batches).where(batches.c.id == batch_id).values(**_columns(values))
+            await conn.execute(query)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.models import File
 from overnight.store.schema import files
@@ -27,6 +27,11 @@ _COLUMNS = (
 DELETED = "deleted"  # Azure's own file status for a deleted file; never listed or served
 
 
+def file_values(f: File) -> dict[str, Any]:
+    """The row of `f`, for an insert in another repository's transaction."""
+    return {c: getattr(f, c) for c in _COLUMNS}
+
+
 def _file(row: Any) -> File:
     return File(**{c: getattr(row, c) for c in _COLUMNS})
 
@@ -35,14 +40,9 @@ class FileRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def add(self, f: File, conn: AsyncConnection | None = None) -> None:
-        """Insert `f`, inside the caller's transaction when one is given."""
-        query = insert(files).values({c: getattr(f, c) for c in _COLUMNS})
-        if conn is not None:
-            await conn.execute(query)
-            return
-        async with self.engine.begin() as c:
-            await c.execute(query)
+    async def add(self, f: File) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(files).values(file_values(f)))
 
     async def get(self, file_id: str, project: str | None = None) -> File | None:
         query = select(files).where(files.c.id == file_id, files.c.status != DELETED)

@@ -8,32 +8,14 @@ the stored answer or learns that the first is still running. Rows live for a day
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from overnight.store.base import KEY_TTL, STALE_RESERVATION, Remembered
 from overnight.store.schema import idempotency_keys
-
-KEY_TTL = 86_400
-# A reservation whose request never finished (its process died) is free again after this.
-STALE_RESERVATION = 120
-
-
-@dataclass(slots=True)
-class Remembered:
-    fingerprint: str
-    status_code: int | None  # None: the first request is still running
-    response: str | None  # the JSON answer, as sent
-    created_at: int
-
-    def outlived(self, now: int) -> bool:
-        """Past its day, or a reservation whose request died with its process."""
-        if self.status_code is None:
-            return now - self.created_at > STALE_RESERVATION
-        return now - self.created_at > KEY_TTL
 
 
 class IdempotencyRepo:

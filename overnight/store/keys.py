@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from overnight.models import now
+from overnight.models import ApiKey, now
 from overnight.store.schema import api_keys
 
 KEY_PREFIX = "ovn-"
@@ -24,18 +23,6 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_hex(24)
-
-
-@dataclass(slots=True)
-class ApiKey:
-    """What `overnight keys list` shows: never the key itself."""
-
-    id: str
-    project: str
-    prefix: str
-    name: str | None
-    created_at: int
-    revoked_at: int | None = None
 
 
 def _key(row: Any) -> ApiKey:

@@ -9,54 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
-from overnight.models import MAX_TOTAL_TOKENS, RequestState, Usage
+from overnight.models import MAX_TOTAL_TOKENS, OPEN, TERMINAL, RequestState, Usage
+from overnight.store.base import Claimed, Counts, Outcome, ResultRow
 from overnight.store.faults import retrying
 from overnight.store.schema import batches, requests
 
 log = logging.getLogger("overnight.ledger")
-
-_LIVE = ("validating", "in_progress", "finalizing", "cancelling")
-_TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass(slots=True)
-class Claimed:
-    id: int
-    line: int
-    custom_id: str
-    body: bytes
-    attempts: int
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What became of one claimed request."""
-
-    id: int
-    batch_seq: int
-    ok: bool
-    status_code: int | None
-    response: bytes | None  # compact JSON of the answer body
-    error: str | None  # JSON of {code, message} when there was no answer
-    upstream_request_id: str | None
-    attempts: int
-    usage: Usage
-
-
-@dataclass(slots=True)
-class Counts:
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    open: int = 0
-    leased: int = 0
 
 
 # The two statements run once per request are sent as plain driver SQL with
@@ -87,16 +51,6 @@ _RESULTS_SQL = (
     "SELECT line, custom_id, state, status_code, response, error, upstream_request_id"
     " FROM requests WHERE batch_seq = ? AND line > ? ORDER BY line LIMIT ?"
 )
-
-
-class ResultRow(NamedTuple):
-    line: int
-    custom_id: str
-    state: int
-    status_code: int | None
-    response: bytes | None
-    error: str | None
-    upstream_request_id: str | None
 
 
 def _placeholders(sql: str, paramstyle: str) -> str:
@@ -205,7 +159,7 @@ class Ledger:
                     update(batches)
                     # A closed batch's counts were recomputed from the rows; late
                     # results (lease lost, batch stopped) must not move them.
-                    .where(batches.c.seq == seq, batches.c.status.in_(_LIVE))
+                    .where(batches.c.seq == seq, batches.c.status.in_(list(OPEN)))
                     .values(
                         completed=batches.c.completed + ok,
                         failed=batches.c.failed + bad,
@@ -338,7 +292,7 @@ class Ledger:
     async def purge_finished(self, created_before: int) -> int:
         """Drop the rows of terminal batches created before `created_before` (unix s)."""
         old = select(batches.c.seq).where(
-            batches.c.status.in_(_TERMINAL), batches.c.created_at < created_before
+            batches.c.status.in_(list(TERMINAL)), batches.c.created_at < created_before
         )
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(requests).where(requests.c.batch_seq.in_(old)))

@@ -24,7 +24,6 @@ from overnight.api.limits import plausible_id
 from overnight.errors import NotFound, OvernightError
 from overnight.models import Batch
 from overnight.services import Services
-from overnight.store.batches import to_batch
 from overnight.web import views
 
 HERE = Path(__file__).parent
@@ -136,13 +135,12 @@ async def _list(request: Request, project: str, after: str | None) -> dict[str, 
 
 async def _detail(request: Request, project: str, batch_id: str) -> tuple[Batch, dict[str, Any]]:
     svc = _svc(request)
-    row = await svc.store.batches.row(batch_id, project) if plausible_id(batch_id) else None
-    if row is None:
+    b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
+    if b is None:
         raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
-    b = to_batch(row)
     history = _history(request)
     view = views.batch_view(b, history, svc.settings.prices)
-    sample = await svc.store.ledger.failed_sample(row.seq, FAILED_SAMPLE) if b.failed else []
+    sample = await svc.store.ledger.failed_sample(b.seq, FAILED_SAMPLE) if b.failed else []
     view["failed_sample"] = [views.failed_view(r) for r in sample]
     points = views.progress_points(b, history)
     view["progress"] = [{"t": round(t, 3), "done": d} for t, d in points]

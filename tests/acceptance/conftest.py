@@ -20,8 +20,8 @@ from typing import Any
 import openai
 import pytest
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .helpers import STARTUP_TIMEOUT, Server, StartServer, server_env
 

@@ -13,9 +13,9 @@ import httpx
 import openai
 from openai import AzureOpenAI, OpenAI
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubServer
+from overnight.server_process import OvernightProcess
 from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
+from tests.support.upstream_stub import StubServer
 
 API_KEY = "test"
 AZURE_API_VERSION = "2024-10-21"

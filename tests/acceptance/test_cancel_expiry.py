@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import (
     TERMINAL,

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import (
     Server,

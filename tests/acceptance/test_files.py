@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import Server, chat_line, jsonl, read_lines, run_batch, upload, wait_batch
 

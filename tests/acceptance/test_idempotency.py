@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import API_KEY, Server, StartServer, chat_line, jsonl, upload, wait_batch
 

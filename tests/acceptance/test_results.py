@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import (
     Server,

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 
-from overnight.testing.upstream_stub import StubServer
+from tests.support.upstream_stub import StubServer
 
 from .helpers import (
     API_KEY,

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from overnight.server_process import OvernightProcess
 from tests.live_server import API_KEY, PRICES, chat_line, running_server, wait_status
+from tests.support.upstream_stub import StubConfig, StubServer
 
 pytestmark = pytest.mark.browser
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from overnight.server_process import OvernightProcess
 from tests.live_server import API_KEY, PRICES, running_server
+from tests.support.upstream_stub import StubConfig, StubServer
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubServer
+from overnight.server_process import OvernightProcess
 from tests.live_server import API_KEY, chat_line, wait_status, write_jsonl
+from tests.support.upstream_stub import StubServer
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = "━"

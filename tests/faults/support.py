@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from openai import OpenAI
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 
 KEY = "fault-key"
 TERMINAL = ("completed", "failed", "expired", "cancelled")

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .support import assert_each_once, client, lines, overnight, submit, wait
 

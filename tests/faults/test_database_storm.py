@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
 from tests.scaleout.infra import (
     _admin_connect,
     create_database,
     drop_database,
     postgres_available,
 )
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .support import KEY, assert_each_once, client, lines, overnight, submit
 

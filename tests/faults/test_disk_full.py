@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .support import KEY, assert_each_once, client, lines, overnight, submit, wait
 

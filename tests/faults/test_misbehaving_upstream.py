@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 from .support import KEY, client, lines, outputs, overnight, submit, wait
 

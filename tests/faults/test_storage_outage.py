@@ -10,8 +10,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
 from tests.scaleout.infra import MotoServer
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .support import TcpProxy, assert_each_once, client, lines, overnight, submit, wait
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from overnight.models import MAX_ANSWER_TOKENS
-from overnight.testing.upstream_stub import StubConfig, StubServer
 from tests.scaleout.infra import create_database, drop_database, postgres_available
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .support import assert_each_once, client, lines, overnight, submit, wait
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 from .support import assert_each_once, client, lines, overnight, submit, wait
 

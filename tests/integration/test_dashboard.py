@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
 from tests.live_server import API_KEY, PROJECT, chat_line, running_server, wait_status
+from tests.support.upstream_stub import StubConfig, StubServer
 
 OTHER_KEY = "sk-other-project"
 

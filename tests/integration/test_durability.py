@@ -10,8 +10,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubProcess
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 N = 1500
 CONCURRENCY = 32

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.local_model

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .engine_harness import chat_lines, result_lines, running_engine, submit, terminal, wait_for
 
@@ -203,8 +203,8 @@ async def test_retention_purges_old_ledger_rows_and_tombstones(tmp_path: Path) -
         old = await wait_for(svc, await submit(svc, chat_lines(5, tag="old")), terminal)
         new = await wait_for(svc, await submit(svc, chat_lines(5, tag="new")), terminal)
         await svc.store.batches.set_values(old.id, created_at=1000)
-        old_seq = (await svc.store.batches.row(old.id)).seq
-        new_seq = (await svc.store.batches.row(new.id)).seq
+        old_seq = (await svc.store.batches.get(old.id)).seq
+        new_seq = (await svc.store.batches.get(new.id)).seq
         assert await svc.store.ledger.purge_finished(created_before=2000) == 5
         assert (await svc.store.ledger.counts(old_seq))[0].total == 0
         assert (await svc.store.ledger.counts(new_seq))[0].total == 5

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from overnight.server_process import OvernightProcess
 from tests.live_server import API_KEY, PRICES, chat_line, running_server, wait_status
+from tests.support.upstream_stub import StubConfig, StubServer
 
 ROUTE = "gpt-test"
 

@@ -11,7 +11,7 @@ from overnight.engine.results import ResultSink
 from overnight.jsonl import Line
 from overnight.models import Batch, BatchStatus, RequestState, Usage, new_batch_id, now
 from overnight.store import open_store
-from overnight.store.ledger import Outcome
+from overnight.store.base import Outcome
 
 
 async def test_a_result_the_store_cannot_hold_becomes_a_failed_line(tmp_path: Path) -> None:

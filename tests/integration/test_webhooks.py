@@ -16,9 +16,9 @@ import httpx
 import openai
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubServer
 from overnight.webhooks import Webhooks, WebhookTarget, sign
 from tests.live_server import API_KEY, PROJECT, chat_line, running_server, wait_status
+from tests.support.upstream_stub import StubConfig, StubServer
 
 SECRET = "whsec_" + base64.b64encode(b"overnight-test-signing-secret-32b").decode()
 

@@ -14,7 +14,7 @@ import asyncpg
 import boto3
 import orjson
 
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 
 
 def chat_lines(ids: list[str], model: str = "m") -> bytes:

@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from overnight.testing.server_process import free_port
+from overnight.server_process import free_port
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432

@@ -16,8 +16,8 @@ import openai
 import orjson
 import pytest
 
-from overnight.testing.upstream_stub import StubConfig, StubProcess
 from tests.scaleout.cluster import Cluster, chat_lines
+from tests.support.upstream_stub import StubConfig, StubProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 

@@ -16,8 +16,8 @@ from overnight.jsonl import Line
 from overnight.models import Batch, BatchStatus, RequestState, Usage, new_batch_id, now
 from overnight.settings import normalize_database_url
 from overnight.store import Store, open_store
+from overnight.store.base import Outcome
 from overnight.store.database import create_engine, create_schema, current_revision, head_revision
-from overnight.store.ledger import Outcome
 from overnight.store.schema import api_keys, files, metadata, requests
 
 pytestmark = pytest.mark.postgres
@@ -161,7 +161,7 @@ async def test_expired_lease_is_taken_over_and_a_late_result_is_dropped(pg_url: 
 
 
 async def test_idempotency_keys_expire_and_stale_reservations_free_up(tmp_path: Path) -> None:
-    from overnight.store.idempotency import KEY_TTL, STALE_RESERVATION
+    from overnight.store.base import KEY_TTL, STALE_RESERVATION
 
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from overnight.blobs.base import open_blobs
+from overnight.blobs import open_blobs
 from overnight.blobs.s3 import PART_SIZE, S3BlobStore
 from overnight.errors import ConfigError
 

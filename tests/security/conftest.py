@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from overnight.testing.server_process import OvernightProcess
-from overnight.testing.upstream_stub import StubConfig, StubServer
+from overnight.server_process import OvernightProcess
+from tests.support.upstream_stub import StubConfig, StubServer
 
 from .helpers import (
     BLACKHOLE_MODEL,

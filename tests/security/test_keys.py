@@ -17,7 +17,7 @@ from overnight import settings as settings_mod
 from overnight.api.app import create_app
 from overnight.api.auth import KeyRing, is_loopback
 from overnight.errors import ConfigError
-from overnight.testing.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess
 
 from .helpers import AZURE_VERSION, Secure, cli, create_db_key
 

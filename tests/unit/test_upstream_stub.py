@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from overnight.testing.upstream_stub import (
+from tests.support.upstream_stub import (
     StubConfig,
     StubProcess,
     StubServer,

@@ -14,7 +14,7 @@ Three ways to run it::
         ...  stub.url == "http://127.0.0.1:PORT/v1"
     with StubServer.in_thread(StubConfig(rpm=60)) as stub:       # background thread
         ...
-    python -m overnight.testing.upstream_stub --port 9000 --latency 0.05 --rpm 600
+    python -m tests.support.upstream_stub --port 9000 --latency 0.05 --rpm 600
 
 Control and observation (not counted as model requests): `GET /_stats`,
 `GET /_received?limit=N[&raw=1]`, `GET /_counts`, `POST /_reset`, `GET|POST /_config`.
@@ -50,8 +50,8 @@ import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
-from overnight.testing.stub_answers import BUILDERS, BadRequest, sse_events, user_text
-from overnight.testing.stub_config import StubConfig
+from tests.support.stub_answers import BUILDERS, BadRequest, sse_events, user_text
+from tests.support.stub_config import StubConfig
 
 __all__ = ["StubConfig", "StubProcess", "StubServer", "main"]
 
@@ -816,7 +816,7 @@ class StubProcess:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "overnight.testing.upstream_stub", *self.config.to_argv()]
+        argv = [sys.executable, "-m", "tests.support.upstream_stub", *self.config.to_argv()]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], self.startup_timeout)

@@ -95,7 +95,7 @@ class StubConfig:
     @classmethod
     def from_argv(cls, argv: Sequence[str] | None = None) -> StubConfig:
         parser = argparse.ArgumentParser(
-            prog="python -m overnight.testing.upstream_stub",
+            prog="python -m tests.support.upstream_stub",
             description="OpenAI-compatible upstream stub on 127.0.0.1.",
         )
         for f in dataclasses.fields(cls):

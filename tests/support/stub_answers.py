@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from overnight.testing.stub_config import StubConfig
+from tests.support.stub_config import StubConfig
 
 IMAGE_TOKENS = 85  # what OpenAI bills for one low-detail image
 ECHO_CHARS = 200

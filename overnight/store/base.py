@@ -1,0 +1,221 @@
+"""The store's interface, in model objects: what the API and the engine may ask of it.
+
+Two implementations keep it: `SqlStore` (SQLite or PostgreSQL, through SQLAlchemy) and
+`MemoryStore` (dicts, for unit tests and throwaway servers). One contract suite runs on
+each (tests/integration/test_store_contract.py). Every method owns its transaction:
+callers never hold a connection, so what must change together is one method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from overnight.jsonl import Line
+from overnight.models import ApiKey, Batch, File, Usage
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A request leased to one worker, to be sent."""
+
+    id: int
+    line: int
+    custom_id: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed request."""
+
+    id: int
+    batch_seq: int
+    ok: bool
+    status_code: int | None
+    response: bytes | None  # compact JSON of the answer body
+    error: str | None  # JSON of {code, message} when there was no answer
+    upstream_request_id: str | None
+    attempts: int
+    usage: Usage
+
+
+def error_json(code: str, message: str) -> str:
+    """What the ledger stores for a request that ended without an answer."""
+    return orjson.dumps({"code": code, "message": message}).decode()
+
+
+@dataclass(slots=True)
+class Counts:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    open: int = 0
+    leased: int = 0
+
+
+class ResultRow(NamedTuple):
+    line: int
+    custom_id: str
+    state: int
+    status_code: int | None
+    response: bytes | None
+    error: str | None
+    upstream_request_id: str | None
+
+
+@dataclass(slots=True)
+class Remembered:
+    """What an idempotency key holds."""
+
+    fingerprint: str
+    status_code: int | None  # None: the first request is still running
+    response: str | None  # the JSON answer, as sent
+    created_at: int
+
+    def outlived(self, now: int) -> bool:
+        """Past its day, or a reservation whose request died with its process."""
+        if self.status_code is None:
+            return now - self.created_at > STALE_RESERVATION
+        return now - self.created_at > KEY_TTL
+
+
+KEY_TTL = 86_400
+# A reservation whose request never finished (its process died) is free again after this.
+STALE_RESERVATION = 120
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """What /metrics reports about the store."""
+
+    batches_by_status: dict[str, int] = field(default_factory=dict)
+    pending: int = 0  # requests of open batches waiting to be sent
+    leased: int = 0  # requests of open batches claimed by a worker
+    input_tokens: int = 0  # over every batch kept
+    output_tokens: int = 0
+
+
+class FileStore(Protocol):
+    async def add(self, f: File) -> None: ...
+    async def get(self, file_id: str, project: str | None = None) -> File | None: ...
+    async def page(
+        self, project: str, *, purpose: str | None, limit: int, order: str, after: str | None
+    ) -> tuple[list[File], bool]: ...
+    async def delete(self, file_id: str) -> None:
+        """Keep a tombstone: a client deleting while it pages may pass this id as `after`."""
+
+    async def purge_tombstones(self, before: int) -> None: ...
+    async def expired(self, now: int, limit: int = 100) -> list[File]: ...
+
+
+class BatchStore(Protocol):
+    async def add(self, b: Batch) -> int:
+        """Insert `b`; returns its seq."""
+
+    async def get(self, batch_id: str, project: str | None = None) -> Batch | None: ...
+    async def page(
+        self, project: str, *, limit: int, after: str | None
+    ) -> tuple[list[Batch], bool]: ...
+    async def count_open(self, project: str) -> int: ...
+    async def active(self) -> list[Batch]:
+        """Every batch the executor still has work on, oldest first."""
+
+    async def transition(self, batch_id: str, from_states: Iterable[str], **values: Any) -> bool:
+        """Set `values` (Batch fields) only if the batch is still in one of `from_states`."""
+
+    async def set_values(self, batch_id: str, **values: Any) -> None: ...
+    async def finish(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        status: str,
+        at: int,
+        counts: tuple[int, int, int],
+        usage: Usage,
+        outputs: Iterable[tuple[str, File]],
+    ) -> bool:
+        """Close the batch with its final counts and output files, all or nothing."""
+
+    async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
+        """A batch-level lease, so one process validates or finalizes a batch at a time."""
+
+    async def release_ownership(self, batch_id: str, owner: str) -> None: ...
+    async def release_all_ownership(self) -> int: ...
+
+
+class LedgerStore(Protocol):
+    async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
+        """Insert requests; a line already there is left as it is."""
+
+    async def last_line(self, batch_seq: int) -> int: ...
+    async def clear(self, batch_seq: int) -> None: ...
+    async def claim(
+        self, batch_seq: int, owner: str, limit: int, lease_until: float
+    ) -> list[Claimed]:
+        """Lease up to `limit` pending requests of a batch, in ledger order."""
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Store results still leased to `owner` and bump their live batches' counters."""
+
+    async def release(self, owner: str, ids: Sequence[int]) -> None: ...
+    async def renew(self, owner: str, lease_until: float) -> None: ...
+    async def reclaim_expired(self, now: float) -> int: ...
+    async def release_all(self) -> int: ...
+    async def close_open(self, batch_seq: int, error_json: str) -> None: ...
+    async def counts(self, batch_seq: int) -> tuple[Counts, Usage]: ...
+    async def open_count(self, batch_seq: int) -> tuple[int, int]:
+        """(pending, leased)."""
+
+    def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
+        """Every row of a batch in line order."""
+
+    async def purge_finished(self, created_before: int) -> int: ...
+    async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]: ...
+
+
+class KeyStore(Protocol):
+    async def create(self, project: str, name: str | None = None) -> tuple[ApiKey, str]: ...
+    async def project_for_hash(self, key_hash: str) -> str | None: ...
+    async def any_configured(self) -> bool: ...
+    async def list(self, project: str | None = None) -> list[ApiKey]: ...
+    async def get(self, key_id: str) -> ApiKey | None: ...
+    async def revoke(self, key_id: str) -> ApiKey | None: ...
+
+
+class IdempotencyStore(Protocol):
+    async def reserve(
+        self, project: str, key: str, fingerprint: str, now: int
+    ) -> Remembered | None:
+        """Claim `key` for a new request (None), or return what the key already holds."""
+
+    async def complete(self, project: str, key: str, status_code: int, response: str) -> None: ...
+    async def forget(self, project: str, key: str) -> None: ...
+    async def purge(self, now: int) -> int: ...
+
+
+class Store(Protocol):
+    @property
+    def files(self) -> FileStore: ...
+    @property
+    def batches(self) -> BatchStore: ...
+    @property
+    def ledger(self) -> LedgerStore: ...
+    @property
+    def keys(self) -> KeyStore: ...
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def single_process(self) -> bool:
+        """One overnight process owns the store: at start every lease is its own."""
+
+    async def problem(self) -> str | None:
+        """Why the store cannot serve now, or None."""
+
+    async def stats(self) -> StoreStats: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,181 @@
+"""The request ledger of the memory store: rows that move pending -> leased -> done | failed.
+
+As the SQL ledger: a result counts only while its lease is its sender's, and a batch's
+live counters move only while the batch is live (the finalizer recounts from the rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from overnight.jsonl import Line
+from overnight.models import OPEN, BatchStatus, RequestState, Usage
+from overnight.store.base import Claimed, Counts, Outcome, ResultRow
+
+if TYPE_CHECKING:
+    from overnight.store.memory import MemoryBatches
+
+PENDING, LEASED = int(RequestState.PENDING), int(RequestState.LEASED)
+DONE, FAILED = int(RequestState.DONE), int(RequestState.FAILED)
+
+
+@dataclass
+class _Request:
+    id: int
+    batch_seq: int
+    line: int
+    custom_id: str
+    body: bytes
+    state: int = PENDING
+    attempts: int = 0
+    status_code: int | None = None
+    response: bytes | None = None
+    error: str | None = None
+    upstream_request_id: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    lease_owner: str | None = None
+    lease_until: float | None = None
+
+    def free(self, state: int = PENDING) -> None:
+        self.state, self.lease_owner, self.lease_until = state, None, None
+
+
+class MemoryLedger:
+    def __init__(self, batches: MemoryBatches) -> None:
+        self.batches = batches
+        self.rows: dict[int, _Request] = {}
+        self.by_batch: dict[int, dict[int, _Request]] = {}  # batch seq -> line -> row
+        self._id = 0
+
+    def _of(self, batch_seq: int) -> Iterable[_Request]:
+        return self.by_batch.get(batch_seq, {}).values()
+
+    async def add_lines(self, batch_seq: int, lines: Sequence[Line]) -> None:
+        mine = self.by_batch.setdefault(batch_seq, {})
+        for ln in lines:
+            if ln.number in mine:
+                continue
+            self._id += 1
+            row = _Request(self._id, batch_seq, ln.number, ln.custom_id, ln.body)
+            self.rows[row.id] = mine[ln.number] = row
+
+    async def last_line(self, batch_seq: int) -> int:
+        return max(self.by_batch.get(batch_seq, {}), default=0)
+
+    async def clear(self, batch_seq: int) -> None:
+        for row in self.by_batch.pop(batch_seq, {}).values():
+            del self.rows[row.id]
+
+    async def claim(
+        self, batch_seq: int, owner: str, limit: int, lease_until: float
+    ) -> list[Claimed]:
+        pending = sorted((r for r in self._of(batch_seq) if r.state == PENDING), key=_by_id)
+        claimed = []
+        for r in pending[:limit]:
+            r.state, r.lease_owner, r.lease_until = LEASED, owner, lease_until
+            claimed.append(Claimed(r.id, r.line, r.custom_id, r.body, r.attempts))
+        return claimed
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            r = self.rows.get(o.id)
+            if r is None or r.state != LEASED or r.lease_owner != owner:
+                continue  # the lease was lost: not the ledger's result
+            r.free(DONE if o.ok else FAILED)
+            r.status_code, r.response, r.error = o.status_code, o.response, o.error
+            r.upstream_request_id, r.attempts, r.usage = o.upstream_request_id, o.attempts, o.usage
+            batch = self.batches.by_seq.get(o.batch_seq)
+            if batch is not None and batch.batch.status in OPEN:
+                b = batch.batch
+                b.completed, b.failed = b.completed + o.ok, b.failed + (not o.ok)
+                b.usage.add(o.usage)
+
+    def _release(self, rows: Iterable[_Request], owner: str | None = None) -> int:
+        n = 0
+        for r in rows:
+            if r.state == LEASED and (owner is None or r.lease_owner == owner):
+                r.free()
+                n += 1
+        return n
+
+    async def release(self, owner: str, ids: Sequence[int]) -> None:
+        self._release((self.rows[i] for i in ids if i in self.rows), owner)
+
+    async def renew(self, owner: str, lease_until: float) -> None:
+        for r in self.rows.values():
+            if r.state == LEASED and r.lease_owner == owner:
+                r.lease_until = lease_until
+
+    async def reclaim_expired(self, now: float) -> int:
+        return self._release(r for r in self.rows.values() if (r.lease_until or 0) < now)
+
+    async def release_all(self) -> int:
+        return self._release(self.rows.values())
+
+    async def close_open(self, batch_seq: int, error_json: str) -> None:
+        for r in self._of(batch_seq):
+            if r.state in (PENDING, LEASED):
+                r.free(FAILED)
+                r.error = error_json
+
+    async def counts(self, batch_seq: int) -> tuple[Counts, Usage]:
+        counts, usage = Counts(), Usage()
+        for r in self._of(batch_seq):
+            counts.total += 1
+            if r.state == DONE:
+                counts.completed += 1
+            elif r.state == FAILED:
+                counts.failed += 1
+            else:
+                counts.open += 1
+                counts.leased += r.state == LEASED
+            usage.add(r.usage)
+        return counts, usage
+
+    async def open_count(self, batch_seq: int) -> tuple[int, int]:
+        states = [r.state for r in self._of(batch_seq)]
+        return states.count(PENDING), states.count(LEASED)
+
+    async def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
+        for r in sorted(self._of(batch_seq), key=lambda r: r.line):
+            yield ResultRow(
+                r.line,
+                r.custom_id,
+                r.state,
+                r.status_code,
+                r.response,
+                r.error,
+                r.upstream_request_id,
+            )
+
+    async def purge_finished(self, created_before: int) -> int:
+        n = 0
+        for seq, row in list(self.batches.by_seq.items()):
+            b = row.batch
+            if BatchStatus(b.status).terminal and b.created_at < created_before:
+                n += len(self.by_batch.get(seq, {}))
+                await self.clear(seq)
+        return n
+
+    async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]:
+        failed = sorted((r for r in self._of(batch_seq) if r.state == FAILED), key=_by_line)
+        return [
+            {
+                "line": r.line,
+                "custom_id": r.custom_id,
+                "status_code": r.status_code,
+                "response": r.response,
+                "error": r.error,
+            }
+            for r in failed[:limit]
+        ]
+
+
+def _by_id(r: _Request) -> int:
+    return r.id
+
+
+def _by_line(r: _Request) -> int:
+    return r.line

@@ -1,1 +1,0 @@
-"""Test helpers shipped with the package: a real OpenAI-compatible upstream stub."""

@@ -1,0 +1,1 @@
+"""Test infrastructure: an OpenAI-compatible upstream stub (also used by bench/)."""
