@@ -16,11 +16,55 @@ from typing import Any
 from overnight.config_tables import named_tables
 from overnight.cost import Price, prices_from_toml
 from overnight.errors import ConfigError
-from overnight.webhooks import WebhookTarget, webhooks_from_toml
 
 DEFAULT_ROUTE = "*"
 # A project name: what API keys map to and what owns files and batches.
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    project: str
+    url: str
+    secret: str = field(repr=False)
+    events: tuple[str, ...] = EVENTS
+    max_attempts: int = 12
+    retry_base_seconds: float = 5.0
+    timeout: float = 10.0
+
+
+def webhooks_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[WebhookTarget, ...]:
+    known = {"url", "secret_env", "events", "max_attempts", "retry_base_seconds", "timeout"}
+    out = []
+    for project, spec, where in named_tables(doc, "webhooks", known, "a table of project names"):
+        url = spec.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f'{where} needs url = "https://..."')
+        secret_env = spec.get("secret_env")
+        if not isinstance(secret_env, str) or not secret_env:
+            raise ConfigError(
+                f"{where} needs secret_env, the name of the variable holding the signing secret"
+            )
+        secret = env.get(secret_env)
+        if not secret:
+            raise ConfigError(f"{where} reads its secret from ${secret_env}, which is not set")
+        events = tuple(spec.get("events", EVENTS))
+        bad = [e for e in events if e not in EVENTS]
+        if bad:
+            raise ConfigError(f"{where} has unknown events {bad}; known events are {list(EVENTS)}")
+        try:
+            max_attempts = int(spec.get("max_attempts", 12))
+            base = float(spec.get("retry_base_seconds", 5.0))
+            timeout = float(spec.get("timeout", 10.0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: max_attempts and the seconds must be numbers") from None
+        if max_attempts < 1 or base <= 0 or timeout <= 0:
+            raise ConfigError(f"{where}: max_attempts, retry_base_seconds, timeout must be > 0")
+        out.append(WebhookTarget(project, url, secret, events, max_attempts, base, timeout))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,24 +29,19 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from overnight.config_tables import named_tables
-from overnight.errors import ConfigError
 from overnight.models import new_id, now
+from overnight.settings import WebhookTarget
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from overnight.services import Services
-
 log = logging.getLogger("overnight.webhooks")
 
-EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
 STATUS_EVENTS = {
     "completed": "batch.completed",
     "failed": "batch.failed",
@@ -57,48 +52,6 @@ MAX_DELAY = 3600.0
 
 # Delivery attempts by outcome, for /metrics.
 outcomes: dict[str, int] = {"delivered": 0, "failed_attempt": 0, "gave_up": 0}
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    project: str
-    url: str
-    secret: str = field(repr=False)
-    events: tuple[str, ...] = EVENTS
-    max_attempts: int = 12
-    retry_base_seconds: float = 5.0
-    timeout: float = 10.0
-
-
-def webhooks_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[WebhookTarget, ...]:
-    known = {"url", "secret_env", "events", "max_attempts", "retry_base_seconds", "timeout"}
-    out = []
-    for project, spec, where in named_tables(doc, "webhooks", known, "a table of project names"):
-        url = spec.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f'{where} needs url = "https://..."')
-        secret_env = spec.get("secret_env")
-        if not isinstance(secret_env, str) or not secret_env:
-            raise ConfigError(
-                f"{where} needs secret_env, the name of the variable holding the signing secret"
-            )
-        secret = env.get(secret_env)
-        if not secret:
-            raise ConfigError(f"{where} reads its secret from ${secret_env}, which is not set")
-        events = tuple(spec.get("events", EVENTS))
-        bad = [e for e in events if e not in EVENTS]
-        if bad:
-            raise ConfigError(f"{where} has unknown events {bad}; known events are {list(EVENTS)}")
-        try:
-            max_attempts = int(spec.get("max_attempts", 12))
-            base = float(spec.get("retry_base_seconds", 5.0))
-            timeout = float(spec.get("timeout", 10.0))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: max_attempts and the seconds must be numbers") from None
-        if max_attempts < 1 or base <= 0 or timeout <= 0:
-            raise ConfigError(f"{where}: max_attempts, retry_base_seconds, timeout must be > 0")
-        out.append(WebhookTarget(project, url, secret, events, max_attempts, base, timeout))
-    return tuple(out)
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -294,9 +247,8 @@ def open_webhooks(targets: tuple[WebhookTarget, ...], data_dir: Path) -> Webhook
     return hooks
 
 
-async def batch_ended(svc: Services, project: str, batch_id: str, status: str) -> None:
+async def batch_ended(hooks: Webhooks | None, project: str, batch_id: str, status: str) -> None:
     """Called right after a batch's terminal transition was committed. Never raises."""
-    hooks: Webhooks | None = getattr(svc, "webhooks", None)
     if hooks is None:
         return
     try:

@@ -168,7 +168,7 @@ async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> Non
             await svc.blobs.delete(f.blob_key)
         log.info("batch %s was finalized elsewhere", batch.id)
         return
-    await batch_ended(svc, batch.project, batch.id, final)
+    await batch_ended(svc.webhooks, batch.project, batch.id, final)
     log.info(
         "batch %s %s: %d completed, %d failed of %d",
         batch.id,

@@ -154,7 +154,7 @@ async def validate_batch(svc: Services, batch: Batch) -> None:
             ),
             what,
         ):
-            await batch_ended(svc, batch.project, batch.id, BatchStatus.FAILED)
+            await batch_ended(svc.webhooks, batch.project, batch.id, BatchStatus.FAILED)
         log.info("batch %s failed validation: %s", batch.id, errors[0].code)
         return
     # The total and the status change together: a client never sees a validating batch

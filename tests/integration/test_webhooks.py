@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from overnight.webhooks import Webhooks, WebhookTarget, sign
+from overnight.settings import WebhookTarget
+from overnight.webhooks import Webhooks, sign
 from tests.live_server import API_KEY, PROJECT, chat_line, running_server, wait_status
 from tests.support.upstream_stub import StubConfig, StubServer
 
