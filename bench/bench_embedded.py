@@ -6,7 +6,7 @@ Run by hand from the repository root:
 
 Both sides run the same model file (by default the one overnight runs: the
 carried SmolLM2-135M-Instruct Q4_1 widened to Q8_0, see
-overnight/backends/model_cache.py; the loop also runs on the carried Q4_1 file
+overnight/backends/llamacpp/weights.py; the loop also runs on the carried Q4_1 file
 itself, for reference), the same
 64 chat prompts (one shared system prompt, a different customer message each),
 max_tokens 64, greedy decoding, on the same threads, in one run; the script
@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from overnight.backends.base import CHAT
 from overnight.backends.llamacpp import LlamaCppBackend, default_model_path
-from overnight.backends.local_model import import_llama_cpp, usable_cpus
-from overnight.backends.model_cache import batched_weights
+from overnight.backends.llamacpp.model import import_llama_cpp, usable_cpus
+from overnight.backends.llamacpp.weights import batched_weights
 
 SYSTEMS = {
     "triage": (

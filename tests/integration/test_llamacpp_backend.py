@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from overnight.backends import local_model
+from overnight.backends.llamacpp import model as local_model
 from overnight.backends.base import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from overnight.backends.llamacpp import (
     LlamaCppBackend,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from overnight.backends import model_cache
-from overnight.backends.local_model import default_model_path
+from overnight.backends.llamacpp import weights as model_cache
+from overnight.backends.llamacpp import default_model_path
 
 GGML_TYPE_Q8_0 = 8
 

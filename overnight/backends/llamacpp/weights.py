@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from overnight.backends.local_model import import_llama_cpp, usable_cpus
+from overnight.backends.llamacpp.model import import_llama_cpp, usable_cpus
 
 log = logging.getLogger(__name__)
 

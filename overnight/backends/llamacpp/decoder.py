@@ -23,167 +23,30 @@ streams copies the whole stream) and trimmed to the shared part.
 
 from __future__ import annotations
 
-import asyncio
-import codecs
-import contextlib
 import logging
-import math
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from overnight.backends.base import TransientError
-from overnight.backends.local_model import (
-    Candidates,
-    LocalModel,
-    LocalModelUnavailable,
-    RequestRejected,
-    Sampling,
-    SequenceSampler,
+from overnight.backends.llamacpp.embed_context import Embedder
+from overnight.backends.llamacpp.jobs import (
+    Choice,
+    EmbedJob,
+    EngineStats,
+    GenerateJob,
+    Generation,
 )
-
-__all__ = ["BatchEngine", "EmbedJob", "GenerateJob", "Generation", "RequestRejected", "Sampling"]
+from overnight.backends.llamacpp.model import LocalModel, LocalModelUnavailable, RequestRejected
+from overnight.backends.llamacpp.sampling import Candidates, SequenceSampler
+from overnight.backends.llamacpp.slots import Sequence, Slot, common_prefix, resolve
 
 log = logging.getLogger(__name__)
 
 # A request whose prompt shares this many more tokens with a prompt still being
 # read waits a step and reuses them, rather than reading them again alongside.
 WAIT_FOR_PREFIX_TOKENS = 32
-
-
-@dataclass(slots=True)
-class Choice:
-    text: str
-    finish_reason: str  # "stop" | "length"
-    tokens: int
-
-
-@dataclass(slots=True)
-class Generation:
-    prompt_tokens: int
-    cached_tokens: int
-    choices: list[Choice]
-
-
-@dataclass(eq=False)
-class GenerateJob:
-    prompt: list[int]
-    sampling: Sampling
-    n: int
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    cancelled: bool = False  # set by the event loop when the caller gives up
-    failed: bool = False
-    cached_tokens: int = 0
-    choices: list[Choice | None] = field(default_factory=list)
-    remaining: int = 0
-
-    def __post_init__(self) -> None:
-        self.choices = [None] * self.n
-        self.remaining = self.n
-
-
-@dataclass(eq=False)
-class EmbedJob:
-    inputs: list[list[int]]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    cancelled: bool = False
-
-
-@dataclass
-class EngineStats:
-    steps: int = 0
-    prompt_tokens_evaluated: int = 0
-    prompt_tokens_reused: int = 0
-    prefix_copies: int = 0
-    generated_tokens: int = 0
-    max_batch_sequences: int = 0
-    split_decodes: int = 0  # decodes llama.cpp cut in several ubatches (holes in seq ids)
-    compactions: int = 0  # sequences moved down to close such a hole
-
-
-class _Sequence:
-    __slots__ = (
-        "decoder",
-        "job",
-        "n_generated",
-        "n_past",
-        "prompt_len",
-        "reused",
-        "sampler",
-        "seq_id",
-        "text",
-        "tokens",
-        "unit",
-    )
-
-    def __init__(
-        self, job: GenerateJob, unit: int, seq_id: int, sampler: SequenceSampler, n_past: int
-    ):
-        self.job = job
-        self.unit = unit  # which of the job's n choices
-        self.seq_id = seq_id
-        self.sampler = sampler
-        self.tokens = list(job.prompt)  # prompt, then every sampled token
-        self.prompt_len = len(job.prompt)
-        self.n_past = n_past  # tokens of `tokens` already in the KV cache
-        self.reused = n_past
-        self.n_generated = 0
-        self.text = ""
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-
-class _Slot:
-    """One KV stream: the sequence running in it, or the tokens it still holds."""
-
-    __slots__ = ("cached", "last_used", "seq", "seq_id")
-
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.seq: _Sequence | None = None
-        self.cached: list[int] = []  # tokens at positions 0.. of this stream (when free)
-        self.last_used = 0
-
-    def tokens(self) -> tuple[list[int], int]:
-        """The tokens whose KV this stream holds, and how many of them."""
-        if self.seq is None:
-            return self.cached, len(self.cached)
-        return self.seq.tokens, min(self.seq.n_past, self.seq.prompt_len)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _resolve(job: GenerateJob | EmbedJob, result: Any = None, error: BaseException | None = None):
-    # A RuntimeError means the caller's loop is closed: nobody is waiting any more.
-    with contextlib.suppress(RuntimeError):
-        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-
-
-def common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the common prefix of a and b, at most `limit` (slices compare in C)."""
-    n = min(len(a), len(b), limit)
-    if n <= 0:
-        return 0
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class BatchEngine:
@@ -217,10 +80,9 @@ class BatchEngine:
         self._ctx: Any = None
         self._mem: Any = None
         self._batch: Any = None
-        self._embed_ctx: Any = None
-        self._embed_batch: Any = None
+        self._embedder = Embedder(model, self.embed_ctx_size, n_threads)
         self._pending: deque[tuple[GenerateJob, int]] = deque()
-        self._slots = [_Slot(i) for i in range(n_parallel)]
+        self._slots = [Slot(i) for i in range(n_parallel)]
         self._scratch = Candidates(model)
         self._clock = 0
 
@@ -262,17 +124,16 @@ class BatchEngine:
             self._thread.join()
             self._thread = None
         lib = self.lib
-        for batch in (self._batch, self._embed_batch):
-            if batch is not None:
-                lib.llama_batch_free(batch)
-        for ctx in (self._ctx, self._embed_ctx):
-            if ctx:
-                lib.llama_free(ctx)
-        self._batch = self._embed_batch = self._ctx = self._embed_ctx = None
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+        if self._ctx:
+            lib.llama_free(self._ctx)
+        self._batch = self._ctx = None
+        self._embedder.close()
 
     # -- the engine thread ------------------------------------------------------
 
-    def _running(self) -> list[_Sequence]:
+    def _running(self) -> list[Sequence]:
         return [slot.seq for slot in self._slots if slot.seq is not None]
 
     def _run(self) -> None:
@@ -319,14 +180,14 @@ class BatchEngine:
             if item is not None:
                 jobs[id(item)] = item
         for each in jobs.values():
-            _resolve(each, error=error)
+            resolve(each, error=error)
 
     def _drop_cancelled(self) -> None:
         for seq in self._running():
             if seq.job.cancelled or seq.job.failed:
                 self._vacate(seq, keep=True)
 
-    def _vacate(self, seq: _Sequence, *, keep: bool) -> None:
+    def _vacate(self, seq: Sequence, *, keep: bool) -> None:
         """Free a sequence's slot; with `keep`, the slot remembers its KV for reuse."""
         slot = self._slots[seq.seq_id]
         slot.seq = None
@@ -371,7 +232,7 @@ class BatchEngine:
                 sampler = SequenceSampler(self.model, job.sampling, unit)
             except RequestRejected as exc:
                 job.failed = True
-                _resolve(job, error=exc)
+                resolve(job, error=exc)
                 continue
             if donor is not None:  # the whole stream is copied, then trimmed
                 self.lib.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, -1, -1)
@@ -379,14 +240,14 @@ class BatchEngine:
                 sources.add(donor.seq_id)
             self.lib.llama_memory_seq_rm(self._mem, slot.seq_id, reuse if reuse else -1, -1)
             self.stats.prompt_tokens_reused += reuse
-            slot.seq = _Sequence(job, unit, slot.seq_id, sampler, reuse)
+            slot.seq = Sequence(job, unit, slot.seq_id, sampler, reuse)
             slot.cached = []
             filled.add(slot.seq_id)
         self._pending.extendleft(reversed(deferred))
 
     def _place(
-        self, prompt: list[int], free: list[_Slot], filled: set[int]
-    ) -> tuple[_Slot, _Slot | None, int] | None:
+        self, prompt: list[int], free: list[Slot], filled: set[int]
+    ) -> tuple[Slot, Slot | None, int] | None:
         """(slot, slot to copy from or None, tokens reused), or None to wait a step."""
         if not self.prefix_cache:
             return free[0], None, 0
@@ -421,7 +282,7 @@ class BatchEngine:
 
     # -- one decode step ----------------------------------------------------------
 
-    def _fill(self, plan: list[tuple[_Sequence, int, int, bool]]) -> list[int]:
+    def _fill(self, plan: list[tuple[Sequence, int, int, bool]]) -> list[int]:
         batch = self._batch
         outputs: list[int] = []
         i = 0
@@ -470,7 +331,7 @@ class BatchEngine:
             self.stats.split_decodes += ids[-1] - ids[0] + 1 != len(ids)
             self._decode(generating)
 
-    def _prompt_chunks(self, budget: int) -> list[tuple[_Sequence, int, int, bool]]:
+    def _prompt_chunks(self, budget: int) -> list[tuple[Sequence, int, int, bool]]:
         """One decode's worth of prompt reading: the same number of tokens from each prompt.
 
         A prompt never has a single token left over for a later chunk (see
@@ -519,7 +380,7 @@ class BatchEngine:
             top.last_used = self._clock
             self.stats.compactions += 1
 
-    def _decode(self, plan: list[tuple[_Sequence, int, int, bool]]) -> bool:
+    def _decode(self, plan: list[tuple[Sequence, int, int, bool]]) -> bool:
         outputs = self._fill(plan)
         ret = self.lib.llama_decode(self._ctx, self._batch)
         if ret != 0:
@@ -539,10 +400,10 @@ class BatchEngine:
         error = TransientError(f"llama_decode failed with status {ret}", code="engine_error")
         for seq in self._running():
             seq.job.failed = True
-            _resolve(seq.job, error=error)
+            resolve(seq.job, error=error)
             self._vacate(seq, keep=False)
 
-    def _sample(self, seq: _Sequence, out: int) -> bool:
+    def _sample(self, seq: Sequence, out: int) -> bool:
         """Sample the next token of `seq`; True when the sequence is finished."""
         token = seq.sampler.sample(self._ctx, out, self._scratch, self.model.is_eog)
         seq.n_generated += 1
@@ -565,7 +426,7 @@ class BatchEngine:
             return True
         return False
 
-    def _finish(self, seq: _Sequence, text: str, reason: str) -> None:
+    def _finish(self, seq: Sequence, text: str, reason: str) -> None:
         job = seq.job
         if seq.unit == 0:
             job.cached_tokens = seq.reused
@@ -573,57 +434,15 @@ class BatchEngine:
         job.remaining -= 1
         if job.remaining == 0 and not job.failed:
             choices = [c for c in job.choices if c is not None]
-            _resolve(job, Generation(len(job.prompt), job.cached_tokens, choices))
-
-    # -- embeddings -----------------------------------------------------------------
+            resolve(job, Generation(len(job.prompt), job.cached_tokens, choices))
 
     def _embed(self, job: EmbedJob) -> None:
         if job.cancelled:
             return
         try:
-            if self._embed_ctx is None:
-                self._open_embed_context()
             # One input per decode: a vector never depends on what else was sent.
-            vectors = [self._embed_one(tokens) for tokens in job.inputs]
+            vectors = [self._embedder.embed(tokens) for tokens in job.inputs]
         except (RequestRejected, TransientError) as exc:
-            _resolve(job, error=exc)
+            resolve(job, error=exc)
             return
-        _resolve(job, vectors)
-
-    def _open_embed_context(self) -> None:
-        lib = self.lib
-        params = lib.llama_context_default_params()
-        params.n_ctx = self.embed_ctx_size
-        params.n_batch = self.embed_ctx_size
-        params.n_ubatch = self.embed_ctx_size  # a pooled sequence must fit one ubatch
-        params.n_seq_max = 1
-        params.n_threads = self.n_threads
-        params.n_threads_batch = self.n_threads
-        params.embeddings = True
-        params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
-        params.no_perf = True
-        self._embed_ctx = lib.llama_init_from_model(self.model.model, params)
-        if not self._embed_ctx:
-            raise RequestRejected("llama.cpp could not create an embedding context")
-        self._embed_batch = lib.llama_batch_init(self.embed_ctx_size, 0, 1)
-
-    def _embed_one(self, tokens: list[int]) -> list[float]:
-        lib = self.lib
-        ctx, batch = self._embed_ctx, self._embed_batch
-        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
-        for pos, token in enumerate(tokens):
-            batch.token[pos] = token
-            batch.pos[pos] = pos
-            batch.n_seq_id[pos] = 1
-            batch.seq_id[pos][0] = 0
-            batch.logits[pos] = 1
-        batch.n_tokens = len(tokens)
-        ret = lib.llama_decode(ctx, batch)
-        if ret != 0:
-            raise TransientError(f"llama_decode failed with status {ret}", code="engine_error")
-        ptr = lib.llama_get_embeddings_seq(ctx, 0)
-        if not ptr:
-            raise RequestRejected("this model produced no pooled embedding")
-        vector = ptr[: self.model.n_embd]
-        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-        return [x / norm for x in vector]
+        resolve(job, vectors)
