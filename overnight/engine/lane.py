@@ -12,13 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from overnight.backends.base import Backend
+from overnight.backends.base import Backend, TransientError, UnusableAnswer
 from overnight.engine.breaker import Breaker
 from overnight.engine.limits import Limiter
+from overnight.engine.outcomes import RetryPolicy, answered, given_up, no_answer
+from overnight.engine.results import ResultSink
+from overnight.metrics import (
+    ERROR_RESPONSE,
+    GAVE_UP,
+    INTERNAL_ERROR,
+    OK,
+    RETRIED,
+    UNREACHABLE,
+    route_stats,
+)
 from overnight.store.base import Claimed, LedgerStore
 from overnight.store.faults import log_failure
 
@@ -52,7 +62,8 @@ class Lane:
     breaker: Breaker
     ledger: LedgerStore
     owner: str
-    execute: Callable[[Lane, Item, bool], Awaitable[None]]
+    sink: ResultSink
+    policy: RetryPolicy
     claim_chunk: int = 256
     lease_seconds: float = 60.0
     poll_interval: float = 0.2
@@ -170,7 +181,7 @@ class Lane:
                     await self.ledger.release(self.owner, [item.req.id])
                     continue
                 self._sending.add(me)
-                await self.execute(self, item, probe)
+                await self._attempt(item, probe)
                 probe = False
             except asyncio.CancelledError:
                 cancelled = True  # what it held stays in `_held`, for `stop` to hand back
@@ -184,6 +195,63 @@ class Lane:
                 self.busy -= 1
                 if probe:
                     self.breaker.release_probe()
+
+    async def _attempt(self, item: Item, probe: bool) -> None:
+        """Send one request once; record its outcome, or queue it again after a backoff.
+
+        `probe`: the request tests a route whose breaker is half-open."""
+        req = item.req
+        req.attempts += 1
+        epoch = self.limiter.epoch
+        stats = route_stats(self.key)
+        started = stats.sent()
+        breaker = self.breaker
+        try:
+            response = await self.backend.send_raw(item.batch.endpoint, req.body)
+        except TransientError as exc:
+            if exc.unsent:
+                # Nothing reached the upstream: no attempt spent, and an outage of the
+                # whole route pauses it instead of failing its requests.
+                req.attempts -= 1
+                stats.done(started, UNREACHABLE)
+                if exc.route_down:
+                    breaker.unreachable(probe)
+                self.retry_later(item, 0.0)
+                return
+            breaker.reached()
+            if exc.overloaded:
+                headers = exc.response.headers if exc.response else None
+                self.limiter.on_overload(exc.retry_after, headers, epoch)
+            elif exc.retry_after is not None:
+                self.limiter.pause(exc.retry_after)
+            stopped = item.batch.seq not in self.batches
+            if req.attempts >= self.policy.max_attempts or stopped:
+                stats.done(started, GAVE_UP)
+                self.sink.add(given_up(req, item.batch.seq, exc))
+            else:
+                stats.done(started, RETRIED)
+                self.retry_later(item, self.policy.backoff(req.attempts, exc.retry_after))
+            return
+        except UnusableAnswer as exc:
+            breaker.reached()
+            self.limiter.on_success(exc.headers)
+            stats.done(started, ERROR_RESPONSE)
+            self.sink.add(no_answer(req, item.batch.seq, "invalid_upstream_response", exc.message))
+            return
+        except Exception as exc:  # a bug in a backend must not take the engine down
+            stats.done(started, INTERNAL_ERROR)
+            log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
+            message = f"overnight failed to run this request: {type(exc).__name__}"
+            self.sink.add(no_answer(req, item.batch.seq, "internal_error", message))
+            return
+        finally:
+            if probe:
+                breaker.release_probe()  # a no-op once the probe's outcome was told
+        breaker.reached()
+        self.limiter.on_success(response.headers)
+        outcome = answered(req, item.batch.seq, response)
+        stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
+        self.sink.add(outcome)
 
     def begin_drain(self) -> None:
         """Shutting down: claim nothing more and send nothing more, at once. Requests

@@ -20,7 +20,7 @@ from overnight.backends.mock import MockBackend
 from overnight.backends.router import Router
 from overnight.blobs.memory import MemoryBlobStore
 from overnight.engine.scheduler import Scheduler
-from overnight.models import Batch, BatchStatus
+from overnight.models import Batch, BatchStatus, now
 from overnight.services import Services
 from overnight.store.memory import MemoryStore
 from tests.integration.engine_harness import chat_lines, submit
@@ -37,7 +37,10 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def services(tmp_path: Path, backend: MockBackend, store: MemoryStore | None = None) -> Services:
+def services(
+    tmp_path: Path, backend: MockBackend, store: MemoryStore | None = None, **overrides: Any
+) -> Services:
+    values: dict[str, Any] = {"cancel_grace_seconds": 0.0, **overrides}
     s = settings_mod.load(
         env={},
         data_dir=tmp_path,
@@ -46,7 +49,7 @@ def services(tmp_path: Path, backend: MockBackend, store: MemoryStore | None = N
         retry_base_delay=0.001,
         flush_interval=0.005,
         max_attempts=3,
-        cancel_grace_seconds=0.0,
+        **values,
     )
     router = Router(s, backends={"*": backend})
     return Services(s, store or MemoryStore(), MemoryBlobStore(), router)
@@ -149,13 +152,13 @@ async def test_cancel_mid_run_keeps_what_finished(tmp_path: Path) -> None:
         return answer(body)
 
     backend = MockBackend(handler)
-    svc = services(tmp_path, backend)
+    svc = services(tmp_path, backend, cancel_grace_seconds=30.0)  # in flight: let it answer
     batch_id = await submit(svc, chat_lines(200))
     async with engine(svc) as scheduler:
         run = asyncio.create_task(scheduler.run_until_idle(timeout=30))
         await started.wait()
         assert await svc.store.batches.transition(
-            batch_id, [BatchStatus.IN_PROGRESS], status=BatchStatus.CANCELLING, cancelling_at=0
+            batch_id, [BatchStatus.IN_PROGRESS], status=BatchStatus.CANCELLING, cancelling_at=now()
         )
         gate.set()
         await run
