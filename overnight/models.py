@@ -47,6 +47,13 @@ class BatchStatus(StrEnum):
 TERMINAL = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
+# The Batch field that records when a batch reached each terminal status.
+ENDED_AT = {
+    BatchStatus.COMPLETED: "completed_at",
+    BatchStatus.CANCELLED: "cancelled_at",
+    BatchStatus.EXPIRED: "expired_at",
+    BatchStatus.FAILED: "failed_at",
+}
 # The statuses of a batch with work left: its requests may still run and count.
 OPEN = frozenset(set(BatchStatus) - TERMINAL)
 # How long batch input and output files live unless the client says otherwise (both vendors).

@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from overnight.models import Batch, BatchError, BatchStatus, File, Usage
+from overnight.models import ENDED_AT, Batch, BatchError, BatchStatus, File, Usage
 from overnight.store.files import file_values
 from overnight.store.schema import batches, files
 
@@ -39,14 +39,6 @@ _PLAIN = (
     "failed",
     "stop_reason",
 )
-
-
-_ENDED_AT: dict[str, str] = {
-    BatchStatus.COMPLETED: "completed_at",
-    BatchStatus.CANCELLED: "cancelled_at",
-    BatchStatus.EXPIRED: "expired_at",
-    BatchStatus.FAILED: "failed_at",
-}
 
 
 def _loads(text: str | None) -> Any:
@@ -168,7 +160,7 @@ class BatchRepo:
         total, completed, failed = counts
         values: dict[str, Any] = {
             "status": status,
-            _ENDED_AT[status]: at,
+            ENDED_AT[BatchStatus(status)]: at,
             "total": total,
             "completed": completed,
             "failed": failed,

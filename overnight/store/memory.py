@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from overnight.models import ApiKey, Batch, BatchStatus, File, Usage, now
+from overnight.models import ENDED_AT, ApiKey, Batch, BatchStatus, File, Usage, now
 from overnight.store.base import (
     Remembered,
     StoreStats,
@@ -24,12 +24,6 @@ from overnight.store.keys import SHOWN_PREFIX, hash_key, new_key
 from overnight.store.memory_ledger import MemoryLedger
 
 DELETED = "deleted"
-_ENDED_AT = {
-    BatchStatus.COMPLETED: "completed_at",
-    BatchStatus.CANCELLED: "cancelled_at",
-    BatchStatus.EXPIRED: "expired_at",
-    BatchStatus.FAILED: "failed_at",
-}
 
 
 T = TypeVar("T", File, ApiKey, Remembered, Usage)
@@ -188,7 +182,7 @@ class MemoryBatches:
         if any(f.id in self.files.rows for _, f in outputs):
             raise ValueError("an output file exists already")
         total, completed, failed = counts
-        values: dict[str, Any] = {"status": status, _ENDED_AT[BatchStatus(status)]: at}
+        values: dict[str, Any] = {"status": status, ENDED_AT[BatchStatus(status)]: at}
         values.update(total=total, completed=completed, failed=failed, usage=_copy(usage))
         values.update(owner=None, owner_until=None)
         values.update({column: f.id for column, f in outputs})

@@ -14,6 +14,7 @@ import orjson
 from openai import OpenAI
 
 from overnight.server_process import OvernightProcess
+from tests.integration.engine_harness import chat_lines
 
 KEY = "fault-key"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -33,6 +34,9 @@ def overnight(
         process.stop(timeout=30)
 
 
+lines = chat_lines  # the .jsonl of n chat requests, custom_ids tag0.. tagN-1
+
+
 def client(process: OvernightProcess, **options: Any) -> OpenAI:
     return OpenAI(
         base_url=f"{process.url}/v1",
@@ -40,21 +44,6 @@ def client(process: OvernightProcess, **options: Any) -> OpenAI:
         max_retries=options.pop("max_retries", 0),
         timeout=30,
         **options,
-    )
-
-
-def lines(n: int, model: str = "m", tag: str = "q") -> bytes:
-    return b"".join(
-        orjson.dumps(
-            {
-                "custom_id": f"{tag}{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model, "messages": [{"role": "user", "content": f"{tag}{i}"}]},
-            }
-        )
-        + b"\n"
-        for i in range(n)
     )
 
 

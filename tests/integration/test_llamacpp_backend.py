@@ -15,13 +15,13 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from overnight.backends.llamacpp import model as local_model
 from overnight.backends.base import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from overnight.backends.llamacpp import (
     LlamaCppBackend,
     LocalModelUnavailable,
     default_model_path,
 )
+from overnight.backends.llamacpp import model as local_model
 
 try:
     default_model_path()

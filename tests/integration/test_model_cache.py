@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from overnight.backends.llamacpp import weights as model_cache
 from overnight.backends.llamacpp import default_model_path
+from overnight.backends.llamacpp import weights as model_cache
 
 GGML_TYPE_Q8_0 = 8
 

@@ -79,7 +79,7 @@ def test_there_are_no_import_cycles() -> None:
         path.append(m)
         for n in sorted(GRAPH[m]):
             if state.get(n) == 1:
-                cycle = path[path.index(n) :] + [n]
+                cycle = [*path[path.index(n) :], n]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)
