@@ -159,8 +159,8 @@ async def _store_families(app: Any) -> list[Metric]:
             "The adaptive concurrency limit of each route, right now.",
             labels=["route"],
         )
-        for key, lane in sorted(scheduler.runner.lanes.items()):
-            concurrency.add_metric([key], lane.limiter.current)
+        for key, current in sorted(scheduler.route_concurrency().items()):
+            concurrency.add_metric([key], current)
         families.append(concurrency)
     return families
 

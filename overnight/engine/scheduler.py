@@ -106,6 +106,10 @@ class Scheduler:
             self._recovered = False
             log.error("could not take back the last run's leases yet (%s); will retry", exc)
 
+    def route_concurrency(self) -> dict[str, int]:
+        """Each open route's adaptive concurrency limit right now (for /metrics)."""
+        return {key: lane.limiter.current for key, lane in self.runner.lanes.items()}
+
     def wake(self) -> None:
         self._wake.set()
 
