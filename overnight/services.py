@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overnight.backends.router import Router
@@ -27,6 +29,7 @@ class Services:
     router: Router
     owner: str = field(default_factory=process_name)
     webhooks: Webhooks | None = None  # the outbox sender, when a project has a webhook
+    clock: Callable[[], float] = time.time
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:

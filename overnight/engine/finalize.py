@@ -7,9 +7,9 @@ import logging
 import orjson
 
 from overnight.blobs.base import BlobWriter
+from overnight.engine.deps import EngineDeps
 from overnight.jsonl import request_id, result_line
-from overnight.models import FILE_TTL, Batch, BatchStatus, File, RequestState, new_file_id, now
-from overnight.services import Services
+from overnight.models import FILE_TTL, Batch, BatchStatus, File, RequestState, new_file_id
 from overnight.store.base import error_json
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
@@ -28,7 +28,7 @@ STOP_ERRORS = {
 class _Output:
     """One result file being written, created only when its first line arrives."""
 
-    def __init__(self, svc: Services, batch_id: str, kind: str) -> None:
+    def __init__(self, svc: EngineDeps, batch_id: str, kind: str) -> None:
         self.svc = svc
         self.name = f"{batch_id}_{kind}.jsonl"
         self.file_id = new_file_id()
@@ -64,7 +64,7 @@ class _Output:
             await self.writer.abort()
 
 
-async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> None:
+async def finalize_batch(svc: EngineDeps, batch: Batch, reason: str | None) -> None:
     """Finish `batch`: reason None (all done), "cancel" or "expire". Safe to re-run."""
     ledger = svc.store.ledger
     what = f"finalizing {batch.id}"
@@ -78,7 +78,7 @@ async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> Non
                 batch.id,
                 [BatchStatus.IN_PROGRESS],
                 status=BatchStatus.FINALIZING,
-                finalizing_at=now(),
+                finalizing_at=int(svc.clock()),
             ),
             what,
         )
@@ -112,7 +112,7 @@ async def finalize_batch(svc: Services, batch: Batch, reason: str | None) -> Non
         raise
 
     counts, usage = await retrying(lambda: ledger.counts(batch.seq), what)
-    t = now()
+    t = int(svc.clock())
     ttl = FILE_TTL
     if batch.output_expires_after:
         ttl = int(batch.output_expires_after.get("seconds", FILE_TTL))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class Lane:
     claim_chunk: int = 256
     lease_seconds: float = 60.0
     poll_interval: float = 0.2
+    clock: Callable[[], float] = time.time  # unix seconds, for lease deadlines
     batches: dict[int, ActiveBatch] = field(default_factory=dict)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     busy: int = 0
@@ -144,7 +146,7 @@ class Lane:
             want = min(self.claim_chunk, max(8, low_water * 2 - self.queue.qsize()))
             try:
                 claimed = await self.ledger.claim(
-                    batch.seq, self.owner, want, time.time() + self.lease_seconds
+                    batch.seq, self.owner, want, self.clock() + self.lease_seconds
                 )
             except Exception as exc:
                 log_failure(log, exc, "claim failed for batch %s", batch.id)

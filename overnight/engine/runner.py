@@ -11,11 +11,11 @@ import asyncio
 import logging
 
 from overnight.engine.breaker import Breaker
+from overnight.engine.deps import EngineDeps
 from overnight.engine.lane import ActiveBatch, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy
 from overnight.engine.results import ResultSink
-from overnight.services import Services
 
 log = logging.getLogger("overnight.runner")
 
@@ -23,7 +23,7 @@ LOCAL_CONCURRENCY = 64
 
 
 class Runner:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: EngineDeps) -> None:
         self.svc = svc
         self.lanes: dict[str, Lane] = {}
         s = svc.settings
@@ -77,6 +77,7 @@ class Runner:
             claim_chunk=s.claim_chunk,
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval,
+            clock=self.svc.clock,
         )
         lane.start()
         self.lanes[key] = lane

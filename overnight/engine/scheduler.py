@@ -12,12 +12,12 @@ import contextlib
 import logging
 import time
 
+from overnight.engine.deps import EngineDeps
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.lane import ActiveBatch
 from overnight.engine.runner import Runner
 from overnight.engine.validate import validate_batch
-from overnight.models import Batch, BatchStatus, now
-from overnight.services import Services
+from overnight.models import Batch, BatchStatus
 from overnight.store.faults import log_failure
 
 log = logging.getLogger("overnight.scheduler")
@@ -38,7 +38,7 @@ def _still_needed(status: str, what: str, reason: str | None) -> bool:
 
 
 class Scheduler:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: EngineDeps) -> None:
         self.svc = svc
         self.runner = Runner(svc)
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -133,7 +133,7 @@ class Scheduler:
 
     async def tick(self) -> None:
         svc = self.svc
-        t = time.time()
+        t = self.svc.clock()
         # Renew leases well before they run out, however short they are configured.
         every = min(HOUSEKEEPING_EVERY, svc.settings.lease_seconds / 3)
         if t - self._last_housekeeping > every:
@@ -169,7 +169,7 @@ class Scheduler:
         """Let requests in flight finish, up to the grace period, then finalize."""
         _pending, leased = await self.svc.store.ledger.open_count(batch.seq)
         grace = self.svc.settings.cancel_grace_seconds
-        if leased == 0 or since is None or now() - since >= grace:
+        if leased == 0 or since is None or self.svc.clock() - since >= grace:
             self._start_job(batch, "finalize", reason)
 
     def _start_job(self, batch: Batch, what: str, reason: str | None = None) -> None:
@@ -181,10 +181,9 @@ class Scheduler:
             svc = self.svc
             owned = False
             try:
-                until = time.time() + svc.settings.lease_seconds * 5
-                owned = await svc.store.batches.take_ownership(
-                    batch.id, svc.owner, time.time(), until
-                )
+                t = svc.clock()
+                until = t + svc.settings.lease_seconds * 5
+                owned = await svc.store.batches.take_ownership(batch.id, svc.owner, t, until)
                 if not owned:
                     return  # another process is on it; the next tick looks again
                 # `batch` was read before the lease was taken: another process may have

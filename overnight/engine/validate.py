@@ -6,9 +6,9 @@ import asyncio
 import logging
 
 from overnight.dialect import Dialect, invalid, line_error
+from overnight.engine.deps import EngineDeps
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
-from overnight.models import Batch, BatchError, BatchStatus, now
-from overnight.services import Services
+from overnight.models import Batch, BatchError, BatchStatus
 from overnight.store.faults import retrying
 from overnight.webhooks import batch_ended
 
@@ -21,7 +21,7 @@ INSERT_CHUNK = 5000
 
 
 async def _check_lines(
-    svc: Services, batch: Batch, key: str, errors: list[BatchError], resume_after: int
+    svc: EngineDeps, batch: Batch, key: str, errors: list[BatchError], resume_after: int
 ) -> tuple[int, str | None, int]:
     """Stream the file once: insert valid lines after `resume_after`, collect errors.
 
@@ -92,7 +92,7 @@ async def _check_lines(
     return count, model, model_line
 
 
-async def _insert(svc: Services, batch_seq: int, lines: list[Line]) -> None:
+async def _insert(svc: EngineDeps, batch_seq: int, lines: list[Line]) -> None:
     """One window, in one transaction: after a crash the ledger holds whole windows, so
     the highest line in it says where to resume. A retried window adds nothing twice."""
     lines.sort(key=lambda ln: ln.prefix)  # stable: file order within a prefix
@@ -101,7 +101,7 @@ async def _insert(svc: Services, batch_seq: int, lines: list[Line]) -> None:
     )
 
 
-async def validate_batch(svc: Services, batch: Batch) -> None:
+async def validate_batch(svc: EngineDeps, batch: Batch) -> None:
     """Validate one `validating` batch; resumable, so a crash or a dropped database
     connection mid-way goes on from the last window inserted."""
     ledger = svc.store.ledger
@@ -139,7 +139,7 @@ async def validate_batch(svc: Services, batch: Batch) -> None:
                 "OVERNIGHT_UPSTREAM_URL to serve every model.)"
             )
             errors.append(error)
-    t = now()
+    t = int(svc.clock())
     batches, what = svc.store.batches, f"validating {batch.id}"
     if errors:
         await retrying(lambda: ledger.clear(batch.seq), what)

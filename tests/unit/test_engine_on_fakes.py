@@ -236,3 +236,48 @@ async def test_a_new_engine_on_the_same_store_finishes_what_a_dead_one_left(
     out = await lines_of(svc2, b.output_file_id)
     assert [x["custom_id"] for x in out] == [f"q{i}" for i in range(100)]
     assert not set(sent_ids(second)) & {f"q{i}" for i in range(30)}  # recorded: not resent
+
+
+class FakeClock:
+    """Unix seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = float(now())
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_clock_decides_expiry_and_the_grace_period(tmp_path: Path) -> None:
+    """A day passes in an instant: the batch expires at its deadline with what finished,
+    and the requests in flight get the grace period, counted on the same clock."""
+    clock = FakeClock()
+    first_done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        if body["messages"][0]["content"] == "q0":
+            first_done.set()
+            return answer(body)
+        await release.wait()  # in flight when the deadline passes
+        return answer(body)
+
+    backend = MockBackend(handler)
+    svc = services(tmp_path, backend, cancel_grace_seconds=600.0)
+    svc.clock = clock
+    batch_id = await submit(svc, chat_lines(100))
+    async with engine(svc) as scheduler:
+        run = asyncio.create_task(scheduler.run_until_idle(timeout=30))
+        await first_done.wait()
+        b = await finished(svc, batch_id)
+        clock.now = b.expires_at + 1.0  # past the window: stop, but wait for what is in flight
+        await asyncio.sleep(0.2)
+        assert (await finished(svc, batch_id)).status == "in_progress"  # grace not over
+        clock.now += 601.0  # past the grace period too
+        await run
+        release.set()
+    b = await finished(svc, batch_id)
+    assert b.status == "expired" and b.expired_at == int(clock.now)
+    assert (b.completed, b.failed) == (1, 99)
+    errors = await lines_of(svc, b.error_file_id)
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}

@@ -17,7 +17,7 @@ FORBIDDEN = {
     "overnight.store": ("overnight.engine", "overnight.api", "overnight.cli", "overnight.web"),
     "overnight.blobs": ("overnight.engine", "overnight.api", "overnight.cli", "overnight.store"),
     "overnight.backends": ("overnight.engine", "overnight.api", "overnight.cli", "overnight.store"),
-    "overnight.engine": ("overnight.api", "overnight.cli", "overnight.web"),
+    "overnight.engine": ("overnight.api", "overnight.cli", "overnight.web", "overnight.services"),
     "overnight.settings": ("overnight.services", "overnight.engine", "overnight.store"),
     "overnight.webhooks": ("overnight.services", "overnight.engine", "overnight.api"),
 }
