@@ -15,21 +15,11 @@ from overnight import settings as settings_mod
 from overnight.engine.scheduler import Scheduler
 from overnight.models import Batch, BatchStatus, File, new_batch_id, new_file_id, now
 from overnight.services import Services
+from tests import batch_lines
 
 
 def chat_lines(n: int, model: str = "m", tag: str = "q") -> bytes:
-    return b"".join(
-        orjson.dumps(
-            {
-                "custom_id": f"{tag}{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model, "messages": [{"role": "user", "content": f"{tag}{i}"}]},
-            }
-        )
-        + b"\n"
-        for i in range(n)
-    )
+    return batch_lines.chat_lines(batch_lines.numbered(n, tag), model)
 
 
 @asynccontextmanager

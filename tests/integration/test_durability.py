@@ -11,6 +11,7 @@ import pytest
 from openai import OpenAI
 
 from overnight.server_process import OvernightProcess
+from tests.batch_lines import chat_lines, numbered
 from tests.support.upstream_stub import StubConfig, StubProcess
 
 N = 1500
@@ -18,18 +19,7 @@ CONCURRENCY = 32
 
 
 def _lines(n: int) -> bytes:
-    return b"".join(
-        orjson.dumps(
-            {
-                "custom_id": f"c{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
-            }
-        )
-        + b"\n"
-        for i in range(n)
-    )
+    return chat_lines(numbered(n, "c"), texts=numbered(n, "q"))
 
 
 def _finished_in_ledger(db: Path) -> set[str]:

@@ -12,25 +12,8 @@ from typing import Any
 
 import asyncpg
 import boto3
-import orjson
 
 from overnight.server_process import OvernightProcess
-
-
-def chat_lines(ids: list[str], model: str = "m") -> bytes:
-    """One chat request per id; the user text is the id, which the stub's /_counts keys on."""
-    return b"".join(
-        orjson.dumps(
-            {
-                "custom_id": cid,
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model, "messages": [{"role": "user", "content": cid}]},
-            }
-        )
-        + b"\n"
-        for cid in ids
-    )
 
 
 def make_bucket(aws: dict[str, str]) -> str:
