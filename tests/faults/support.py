@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 from openai import OpenAI
 
 from overnight.server_process import OvernightProcess
+from tests.acceptance.helpers import wait_batch
 from tests.integration.engine_harness import chat_lines
 
 KEY = "fault-key"
@@ -58,14 +58,7 @@ def submit(c: OpenAI, data: bytes) -> str:
 def wait(
     c: OpenAI, batch_id: str, until: Callable[[Any], bool] | None = None, timeout: float = 120.0
 ) -> Any:
-    until = until or (lambda b: b.status in TERMINAL)
-    deadline = time.monotonic() + timeout
-    while True:
-        b = c.batches.retrieve(batch_id)
-        if until(b):
-            return b
-        assert time.monotonic() < deadline, f"batch {batch_id} stuck: {b}"
-        time.sleep(0.1)
+    return wait_batch(c, batch_id, until, timeout, interval=0.1).batch
 
 
 def outputs(c: OpenAI, file_id: str | None) -> list[dict[str, Any]]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from openai import OpenAI
 
 from overnight.server_process import OvernightProcess
+from tests.acceptance.helpers import wait_batch
 from tests.batch_lines import chat_lines, numbered
 from tests.support.upstream_stub import StubConfig, StubProcess
 
@@ -27,14 +28,8 @@ def _finished_in_ledger(db: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT custom_id FROM requests WHERE state IN (2, 3)")}
 
 
-def _wait(client: OpenAI, batch_id: str, until, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        b = client.batches.retrieve(batch_id)
-        if until(b):
-            return b
-        time.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} never reached the expected state: {b}")
+def _wait(client: OpenAI, batch_id: str, until: Any, timeout: float = 60.0) -> Any:
+    return wait_batch(client, batch_id, until, timeout, interval=0.05).batch
 
 
 @pytest.mark.parametrize("kill_at", [0.2, 0.6])
