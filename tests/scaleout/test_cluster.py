@@ -16,7 +16,8 @@ import openai
 import orjson
 import pytest
 
-from tests.scaleout.cluster import Cluster, chat_lines
+from tests.batch_lines import chat_lines
+from tests.scaleout.cluster import Cluster
 from tests.support.upstream_stub import StubConfig, StubProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
