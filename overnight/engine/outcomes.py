@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overnight.backends.base import Response, TransientError
+from overnight.backoff import jittered
 from overnight.models import Usage
 from overnight.store.base import Claimed, Outcome, error_json
 
@@ -29,8 +30,7 @@ class RetryPolicy:
         """Seconds to wait before attempt `attempt + 1`."""
         if retry_after is not None:
             return min(self.max_delay * 5, retry_after + random.uniform(0, 0.1))
-        base = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return base * random.uniform(0.5, 1.5)
+        return jittered(attempt, self.base_delay, self.max_delay)
 
 
 def answer_error(response: Response) -> str:

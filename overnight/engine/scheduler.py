@@ -48,36 +48,37 @@ class Scheduler:
         self._last_purge = 0.0
         self._recovered = False
         self._drain_started: float | None = None
+        self._started = False
 
-    async def start(self) -> None:
+    async def _begin(self) -> None:
+        """What both ways of running need once: leases taken back, the result sink on."""
+        if self._started:
+            return
+        self._started = True
         await self._recover()
         self.runner.sink.on_flush = self._after_flush
         self.runner.start()
+
+    async def start(self) -> None:
+        await self._begin()
         self._task = asyncio.create_task(self._loop(), name="overnight-scheduler")
 
     async def run_until_idle(self, timeout: float = 300.0) -> None:
         """Burst mode (as arq's `Worker(burst=True)`): drive every open batch to its end,
         then return, leaving the engine started (call `stop()` after). For unit tests on
         the in-memory fakes and one-shot runs; raises TimeoutError if work remains."""
-        if not self._recovered:
-            await self._recover()
-        if self.runner.sink.on_flush is None:
-            self.runner.sink.on_flush = self._after_flush
-            self.runner.start()
+        await self._begin()
         deadline = time.monotonic() + timeout
-        interval = self.svc.settings.poll_interval
         while True:
-            await self.tick()
+            still_open = await self.tick()
             if self._jobs:
                 await asyncio.gather(*self._jobs.values(), return_exceptions=True)
                 continue
-            if not await self.svc.store.batches.active():
+            if not still_open:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batches still open after {timeout:.0f} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
+            await self._nap()
 
     async def _recover(self) -> None:
         """Take back what a process that died held. Never fatal: on a full disk or with the
@@ -119,7 +120,6 @@ class Scheduler:
             self.wake()
 
     async def _loop(self) -> None:
-        interval = self.svc.settings.poll_interval
         while True:
             try:
                 await self.tick()
@@ -127,11 +127,16 @@ class Scheduler:
                 raise
             except Exception as exc:
                 log_failure(log, exc, "scheduler tick failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
+            await self._nap()
 
-    async def tick(self) -> None:
+    async def _nap(self) -> None:
+        """Until woken (the API, the last results of a batch) or the next poll."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.svc.settings.poll_interval)
+        self._wake.clear()
+
+    async def tick(self) -> bool:
+        """One look at every open batch; True while any batch is still open."""
         svc = self.svc
         t = self.svc.clock()
         # Renew leases well before they run out, however short they are configured.
@@ -164,6 +169,7 @@ class Scheduler:
                     if pending == 0 and leased == 0:
                         self._start_job(batch, "finalize")
         await self.runner.set_active(runnable)
+        return bool(rows)
 
     async def _stop_when_quiet(self, batch: Batch, reason: str, since: int | None) -> None:
         """Let requests in flight finish, up to the grace period, then finalize."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
+
+from overnight.backoff import jittered
 
 log = logging.getLogger("overnight.store")
 
@@ -90,7 +91,7 @@ async def retrying(
         except Exception as exc:
             if attempt == attempts or not is_transient(exc):
                 raise
-            delay = min(ceiling, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            delay = jittered(attempt, base, ceiling)
             log.info("%s: database unavailable (%s), retrying in %.2f s", what, exc, delay)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
