@@ -20,6 +20,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any OVERNIGHT_* variable, plus `extra`: a child
+    started from a developer's shell gets only the settings it is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
+    env.update(extra or {})
+    return env
+
+
 class OvernightProcess:
     """`with OvernightProcess(data_dir, env={...}) as p: p.url` -> http://127.0.0.1:PORT."""
 
@@ -44,8 +52,7 @@ class OvernightProcess:
         self._log: IO[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> OvernightProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
-        env.update(self.extra_env)
+        env = clean_env(self.extra_env)
         argv = [sys.executable, "-m", "overnight", self.command, "--data-dir", str(self.data_dir)]
         if self.command == "serve":
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]

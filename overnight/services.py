@@ -36,7 +36,7 @@ class Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         keep_reserve(settings.data_dir)
         store = await open_store(settings.resolved_database_url)
-        blobs = open_blobs(settings.resolved_storage_url)
+        blobs = open_blobs(settings.resolved_storage_url, create_bucket=settings.s3_create_bucket)
         svc = cls(settings, store, blobs, Router(settings))
         svc.webhooks = open_webhooks(settings.webhooks, settings.data_dir)
         return svc

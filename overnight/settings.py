@@ -96,6 +96,7 @@ class Settings:
     port: int = 8000
     database_url: str | None = None
     storage_url: str | None = None
+    s3_create_bucket: bool = False  # OVERNIGHT_S3_CREATE_BUCKET=1: first-time setups, tests
     upstream_url: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
     routes: tuple[Route, ...] = ()
@@ -289,6 +290,12 @@ def load(
     for var, key in float_env.items():
         if env.get(var):
             values[key] = _number(var, env[var], float)
+    if env.get("OVERNIGHT_S3_CREATE_BUCKET"):
+        values["s3_create_bucket"] = env["OVERNIGHT_S3_CREATE_BUCKET"].lower() in (
+            "1",
+            "true",
+            "yes",
+        )
     if env.get("OVERNIGHT_API_KEYS"):
         values["api_keys"] = _parse_api_keys(env["OVERNIGHT_API_KEYS"])
     values["routes"] = _routes_from_toml(doc, env)

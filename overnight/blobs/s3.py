@@ -74,16 +74,13 @@ class S3BlobStore(BlobStore):
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, create_bucket: bool | None = None) -> S3BlobStore:
+    def from_url(cls, url: str, *, create_bucket: bool = False) -> S3BlobStore:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ConfigError(
                 f"storage URL {url!r} is not s3://bucket[/prefix]; set OVERNIGHT_STORAGE_URL "
                 "(or --storage-url) to s3://bucket/prefix"
             )
-        if create_bucket is None:
-            # A deployment switch rather than a setting: tests and first-time setups use it.
-            create_bucket = os.environ.get(CREATE_BUCKET_ENV, "") in ("1", "true", "yes")
         return cls(parts.netloc, parts.path, create_bucket=create_bucket)
 
     # --- the client ---------------------------------------------------------------------
@@ -158,6 +155,8 @@ class S3BlobStore(BlobStore):
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
+        # botocore's own variables (it reads them too): a custom endpoint means a local
+        # server, which wants path-style addressing. Not overnight settings.
         custom_endpoint = bool(
             os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         )

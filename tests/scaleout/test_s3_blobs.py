@@ -25,8 +25,7 @@ def _boto(aws: dict[str, str]) -> Any:
 @pytest.fixture
 async def store(aws: dict[str, str]) -> AsyncIterator[S3BlobStore]:
     bucket = f"ovt-{uuid.uuid4().hex[:10]}"
-    s = S3BlobStore.from_url(f"s3://{bucket}/some/prefix")
-    assert isinstance(s, S3BlobStore) and s.create_bucket  # OVERNIGHT_S3_CREATE_BUCKET=1
+    s = S3BlobStore.from_url(f"s3://{bucket}/some/prefix", create_bucket=True)
     yield s
     await s.close()
 
@@ -90,7 +89,7 @@ async def test_delete_and_missing(store: S3BlobStore) -> None:
 async def test_open_blobs_picks_s3_and_missing_bucket_is_explained(
     aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OVERNIGHT_S3_CREATE_BUCKET")
+    monkeypatch.setenv("OVERNIGHT_S3_CREATE_BUCKET", "1")  # only Settings reads it
     s = open_blobs(f"s3://ovt-missing-{uuid.uuid4().hex[:8]}/p")
     assert isinstance(s, S3BlobStore) and not s.create_bucket
     with pytest.raises(ConfigError, match="OVERNIGHT_S3_CREATE_BUCKET=1"):

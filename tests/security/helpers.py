@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from overnight.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess, clean_env
 from tests.batch_lines import chat_line  # noqa: F401 - re-exported for the suites
 
 ENV_KEYS = {
@@ -65,8 +65,7 @@ def store_env() -> dict[str, str]:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m overnight ARGS` with none of the developer's OVERNIGHT_* variables."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
-    clean.update(env or {})
+    clean = clean_env(env)
     return subprocess.run(
         [sys.executable, "-m", "overnight", *args],
         env=clean,

@@ -17,7 +17,7 @@ from overnight import settings as settings_mod
 from overnight.api.app import create_app
 from overnight.api.auth import KeyRing, is_loopback
 from overnight.errors import ConfigError
-from overnight.server_process import OvernightProcess
+from overnight.server_process import OvernightProcess, clean_env
 
 from .helpers import AZURE_VERSION, Secure, cli, create_db_key
 
@@ -87,7 +87,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The CLI in this process (fast); `cli()` runs it as a real subprocess."""
     from overnight.cli import app
 
-    for name in [k for k in os.environ if k.startswith("OVERNIGHT_")]:
+    for name in set(os.environ) - set(clean_env()):
         monkeypatch.delenv(name)
 
     def run(*args: str) -> Any:
@@ -220,7 +220,7 @@ def test_serve_accepts_a_network_address_with_a_database_key(
 
     from overnight.cli.app import app
 
-    for name in [k for k in os.environ if k.startswith("OVERNIGHT_")]:
+    for name in set(os.environ) - set(clean_env()):
         monkeypatch.delenv(name)
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(
