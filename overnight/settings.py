@@ -83,6 +83,11 @@ class Route:
     n_ctx: int | None = None  # in-process models: tokens per sequence (prompt + answer)
     rpm: int | None = None
     tpm: int | None = None
+    # Sharing the upstream with interactive users (docs/scheduling.md):
+    yield_mode: str = "auto"  # `yield`: "auto" gives way to others' requests, "off" never
+    max_share: float = 1.0  # of the upstream's capacity, at most, when it is known
+    priority: int | None = None  # sent as the body's `priority` (vLLM, SGLang)
+    metrics_url: str | None = None  # where the load signal is read; default: the origin's
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -177,6 +182,10 @@ _ROUTE_KEYS = {
     "tpm",
     "embedded",
     "n_ctx",
+    "yield",
+    "max_share",
+    "priority",
+    "metrics_url",
 }
 
 
@@ -194,6 +203,27 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
             not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 64
         ):
             raise ConfigError(f"{where} n_ctx must be a whole number >= 64")
+        yield_mode = spec.get("yield", "auto")
+        if yield_mode not in ("auto", "off"):
+            raise ConfigError(f'{where} yield must be "auto" or "off", not {yield_mode!r}')
+        max_share = spec.get("max_share", 1.0)
+        if (
+            not isinstance(max_share, int | float)
+            or isinstance(max_share, bool)
+            or not 0 < max_share <= 1
+        ):
+            raise ConfigError(f"{where} max_share must be a fraction in (0, 1], e.g. 0.5")
+        priority = spec.get("priority")
+        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+            raise ConfigError(
+                f"{where} priority must be a whole number (vLLM: higher runs later; "
+                "SGLang: lower runs later by default)"
+            )
+        metrics_url = spec.get("metrics_url")
+        if metrics_url is not None and not (
+            isinstance(metrics_url, str) and metrics_url.startswith(("http://", "https://"))
+        ):
+            raise ConfigError(f'{where} metrics_url must be "http(s)://host:port/metrics"')
         routes.append(
             Route(
                 name=name,
@@ -208,6 +238,10 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
                 n_ctx=n_ctx,
                 rpm=spec.get("rpm"),
                 tpm=spec.get("tpm"),
+                yield_mode=yield_mode,
+                max_share=float(max_share),
+                priority=priority,
+                metrics_url=metrics_url,
             )
         )
     return tuple(routes)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from overnight.backends.load import Load
 from overnight.errors import UpstreamError
 
 # The canonical spelling of every endpoint the engine knows. Azure's spelling
@@ -118,6 +119,11 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections, threads and memory."""
+
+    async def load(self) -> Load | None:
+        """What the model server says about its own load, where it says (see
+        backends/load.py); None: no signal."""
+        return None
 
     def describe(self) -> str:
         """One line for logs and the startup banner; never includes secrets."""

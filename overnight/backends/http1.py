@@ -315,17 +315,28 @@ class ConnectionPool:
 
     async def post(self, target: str, headers: bytes, body: bytes, timeout: float) -> HTTPResponse:
         """POST `body` to `target` (path and query); `headers` are complete CRLF-ended lines."""
-        conn: _Connection | None = None
         head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n" % (
             target.encode("latin-1"),
             self.host_header,
             len(body),
             headers,
         )
+        return await self._exchange([head, body], timeout)
+
+    async def get(self, target: str, headers: bytes, timeout: float) -> HTTPResponse:
+        head = b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+            target.encode("latin-1"),
+            self.host_header,
+            headers,
+        )
+        return await self._exchange([head], timeout)
+
+    async def _exchange(self, data: list[bytes], timeout: float) -> HTTPResponse:
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(timeout):
                 conn = self._take_idle() or await self._connect()
-                response = await conn.send([head, body])
+                response = await conn.send(data)
         except BaseException:
             # An exchange that did not finish leaves the connection's framing unknown.
             if conn is not None:

@@ -16,8 +16,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
+from overnight.backends import load as load_signal
 from overnight.backends.base import Backend, Response, TransientError, UnusableAnswer
 from overnight.backends.http1 import ConnectFailed, ConnectionPool, ProtocolError
+from overnight.backends.load import Load
+from overnight.backends.load_reader import LoadReader
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524})
 OVERLOAD_STATUS = frozenset({429, 503})
@@ -84,12 +87,20 @@ class OpenAIHTTPBackend(Backend):
         api_key: str | None = None,
         timeout: float = 600.0,
         upstream_model: str | None = None,
+        priority: int | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         if not urls:
             raise ValueError("an HTTP backend needs at least one URL")
         self.replicas = [_Replica.from_url(u) for u in urls]
         self.timeout = timeout
         self.upstream_model = upstream_model
+        self.priority = priority
+        # First in the body, so that a `priority` the request line has itself wins
+        # (JSON parsers keep the last of repeated names).
+        self._priority_field = b'"priority":%d' % priority if priority is not None else b""
+        self.metrics_url = metrics_url
+        self._readers: list[LoadReader] | None = None
         lines = ["Content-Type: application/json", "User-Agent: overnight"]
         if api_key:
             if any(c in api_key for c in "\r\n\0"):
@@ -100,6 +111,21 @@ class OpenAIHTTPBackend(Backend):
     async def close(self) -> None:
         for replica in self.replicas:
             await replica.pool.close()
+        for reader in self._readers or ():
+            await reader.close()
+
+    async def load(self) -> Load | None:
+        if self._readers is None:
+            one = self.metrics_url if len(self.replicas) == 1 else None
+            self._readers = [LoadReader(r.base, self._headers, one) for r in self.replicas]
+        total: Load | None = None
+        for replica, reader in zip(self.replicas, self._readers, strict=True):
+            ours = replica.outstanding  # before the read: what the server counts includes them
+            got = await reader.read()
+            if got is not None:
+                got = Load(got.kind, got.running, got.waiting, got.cache_usage, ours)
+            total = load_signal.add(total, got)
+        return total
 
     def describe(self) -> str:
         return "OpenAI-compatible HTTP " + ", ".join(redact_url(r.base) for r in self.replicas)
@@ -114,12 +140,24 @@ class OpenAIHTTPBackend(Backend):
     async def send(self, endpoint: str, body: dict[str, Any]) -> Response:
         if self.upstream_model:
             body = {**body, "model": self.upstream_model}
+        if self.priority is not None and "priority" not in body:
+            body = {"priority": self.priority, **body}
         return await self._post(endpoint, orjson.dumps(body))
 
     async def send_raw(self, endpoint: str, body: bytes) -> Response:
         if self.upstream_model:
             return await self.send(endpoint, orjson.loads(body))
+        if self._priority_field:
+            body = self._with_priority(body)
         return await self._post(endpoint, body)
+
+    def _with_priority(self, body: bytes) -> bytes:
+        start = body.find(b"{")
+        if start < 0:
+            return body  # not an object: the upstream answers it as it is
+        rest = body[start + 1 :]
+        sep = b"" if rest.lstrip().startswith(b"}") else b","
+        return body[: start + 1] + self._priority_field + sep + rest
 
     @staticmethod
     def _mark_down(replica: _Replica) -> float:

@@ -19,6 +19,8 @@ def build_backend(route: Route) -> Backend:
             api_key=route.api_key,
             timeout=route.timeout,
             upstream_model=route.upstream_model,
+            priority=route.priority,
+            metrics_url=route.metrics_url,
         )
     from overnight.backends.llamacpp import LlamaCppBackend
 

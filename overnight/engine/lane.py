@@ -21,6 +21,7 @@ from overnight.engine.breaker import Breaker
 from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy, answered, given_up, no_answer
 from overnight.engine.results import ResultSink
+from overnight.engine.yielding import YieldController
 from overnight.metrics import (
     ERROR_RESPONSE,
     GAVE_UP,
@@ -50,6 +51,9 @@ class Item:
     req: Claimed
 
 
+LOAD_INTERVAL = 0.25  # seconds between readings of the upstream's load signal
+
+
 def estimate_tokens(body: bytes) -> int:
     """A cheap upper-bound guess for tokens-per-minute budgets: ~4 bytes a token + output cap."""
     return len(body) // 4 + 256
@@ -69,6 +73,8 @@ class Lane:
     lease_seconds: float = 60.0
     poll_interval: float = 0.2
     clock: Callable[[], float] = time.time  # unix seconds, for lease deadlines
+    yielder: YieldController | None = None  # yield = "auto": give way to others' requests
+    load_interval: float = LOAD_INTERVAL
     batches: dict[int, ActiveBatch] = field(default_factory=dict)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     busy: int = 0
@@ -88,7 +94,27 @@ class Lane:
         self._tasks.append(asyncio.create_task(self._feed(), name=f"feed:{self.key}"))
         for index in range(self.limiter.ceiling):
             self._tasks.append(asyncio.create_task(self._work(index), name=f"work:{self.key}"))
+        if self.yielder is not None:
+            self._tasks.append(asyncio.create_task(self._watch_load(), name=f"load:{self.key}"))
         self.limiter.on_grow = self._grew.set
+
+    async def _watch_load(self) -> None:
+        """yield = "auto": bound concurrency by what the upstream says of its load, or,
+        where it says nothing, by the queueing seen in overnight's own answers."""
+        assert self.yielder is not None
+        limiter = self.limiter
+        while True:
+            if not self.batches and self.busy == 0:
+                await asyncio.sleep(self.load_interval * 8)
+                continue
+            try:
+                load = await self.backend.load()
+            except Exception:
+                log.exception("reading the load of %s failed", self.key)
+                load = None
+            limiter.use_latency = load is None
+            limiter.set_cap(self.yielder.cap(load) if load is not None else None)
+            await asyncio.sleep(self.load_interval)
 
     @property
     def idle(self) -> bool:
@@ -204,13 +230,15 @@ class Lane:
         `probe`: the request tests a route whose breaker is half-open."""
         req = item.req
         req.attempts += 1
-        epoch = self.limiter.epoch
+        limiter = self.limiter
+        ticket = limiter.ticket()
         stats = route_stats(self.key)
         started = stats.sent()
         breaker = self.breaker
         try:
             response = await self.backend.send_raw(item.batch.endpoint, req.body)
         except TransientError as exc:
+            limiter.finished()
             if exc.unsent:
                 # Nothing reached the upstream: no attempt spent, and an outage of the
                 # whole route pauses it instead of failing its requests.
@@ -222,10 +250,15 @@ class Lane:
                 return
             breaker.reached()
             if exc.overloaded:
-                headers = exc.response.headers if exc.response else None
-                self.limiter.on_overload(exc.retry_after, headers, epoch)
+                limiter.on_overload(
+                    exc.retry_after,
+                    exc.response.headers if exc.response else None,
+                    ticket=ticket,
+                    rate_limited=exc.code == "rate_limited",
+                    timed_out=exc.code == "request_timeout",
+                )
             elif exc.retry_after is not None:
-                self.limiter.pause(exc.retry_after)
+                limiter.pause(exc.retry_after)
             stopped = item.batch.seq not in self.batches
             if req.attempts >= self.policy.max_attempts or stopped:
                 stats.done(started, GAVE_UP)
@@ -235,12 +268,14 @@ class Lane:
                 self.retry_later(item, self.policy.backoff(req.attempts, exc.retry_after))
             return
         except UnusableAnswer as exc:
+            limiter.finished()
             breaker.reached()
-            self.limiter.on_success(exc.headers)
+            limiter.on_success(exc.headers, ticket)
             stats.done(started, ERROR_RESPONSE)
             self.sink.add(no_answer(req, item.batch.seq, "invalid_upstream_response", exc.message))
             return
         except Exception as exc:  # a bug in a backend must not take the engine down
+            limiter.finished()
             stats.done(started, INTERNAL_ERROR)
             log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
             message = f"overnight failed to run this request: {type(exc).__name__}"
@@ -249,9 +284,10 @@ class Lane:
         finally:
             if probe:
                 breaker.release_probe()  # a no-op once the probe's outcome was told
+        limiter.finished()
         breaker.reached()
-        self.limiter.on_success(response.headers)
         outcome = answered(req, item.batch.seq, response)
+        limiter.on_success(response.headers, ticket, outcome.usage.output_tokens)
         stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
         self.sink.add(outcome)
 

@@ -1,65 +1,42 @@
 """How many requests an upstream gets at once, and how fast: discovered, not configured.
 
 `Limiter` is AIMD on concurrency (TCP-style slow start, then +1 per window of
-successes, x0.7 on overload signals at most once per window), plus a shared
-pause that honours `retry-after` and the `x-ratelimit-*` headers, plus
-optional static requests-per-minute and tokens-per-minute buckets.
+successes, x0.7 on overload signals at most once per window), bounded by:
+
+- the upstream's own load, where it tells it (`cap`, set from engine/yielding.py);
+- without that, the queueing seen in overnight's own answers (engine/latency.py):
+  once answers take over twice their least time, concurrency is brought back to
+  where they would not, as TCP Vegas does, because throughput no longer grows;
+- a timeout, which cuts concurrency to half of what was in flight: the upstream
+  may still be generating the request it did not answer in time;
+- a shared pause that honours `retry-after` and the `x-ratelimit-*` headers, the
+  static `rpm`/`tpm` buckets of a route, and a pace learnt from 429s and headers
+  (engine/pacing.py).
 
 `x-ratelimit-remaining-requests` with its reset is also an allowance: once the
 upstream says only N more requests fit before the reset, at most N more are
-sent until then. Without it, every request in flight when the window closes
-comes back as a 429 (a fast engine has hundreds in flight).
+sent until then, less those sent since the request that carried the header.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+from overnight.engine.latency import LatencyGauge
+from overnight.engine.pacing import MAX_RESET, RateLearner, TokenBucket, parse_reset
 
-
-def parse_reset(value: str | None) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "20ms", "0.5s") or plain seconds, to seconds."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    total, matched = 0.0, False
-    for number, unit in _DURATION.findall(value):
-        matched = True
-        n = float(number)
-        total += {"ms": n / 1000, "s": n, "m": n * 60, "h": n * 3600}[unit]
-    return total if matched else None
+__all__ = ["Limiter", "Ticket", "TokenBucket", "parse_reset"]
 
 
-class TokenBucket:
-    """`rate` units per minute, bursting up to `burst`; `take` waits until enough is there."""
+class Ticket(NamedTuple):
+    """What a request remembers of the limiter when it left."""
 
-    def __init__(self, per_minute: float, burst: float | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = burst if burst is not None else max(1.0, per_minute / 60.0)
-        self.level = self.capacity
-        self.stamp = time.monotonic()
-
-    def _fill(self) -> None:
-        now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    async def take(self, amount: float = 1.0) -> None:
-        amount = min(amount, self.capacity)
-        while True:
-            self._fill()
-            if self.level >= amount:
-                self.level -= amount
-                return
-            await asyncio.sleep((amount - self.level) / self.rate)
+    epoch: int  # decreases before it
+    seq: int  # requests sent before it
+    started: float
 
 
 class Limiter:
@@ -71,7 +48,9 @@ class Limiter:
         floor: int = 1,
         rpm: int | None = None,
         tpm: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.limit = float(min(initial, ceiling))
         self.ceiling = ceiling
         self.floor = floor
@@ -81,42 +60,73 @@ class Limiter:
         self.allowance_until = 0.0
         self.on_grow: Callable[[], None] | None = None
         self.epoch = 0  # bumped at each decrease; requests remember the epoch they left in
+        self.sent = 0
+        self.outstanding = 0  # sent and not yet answered (`ticket` .. `finished`)
+        self._told_seq = 0  # the newest request whose headers set the allowance
         self._successes = 0
         self.overloads = 0
-        self.rpm = TokenBucket(rpm, burst=max(1.0, rpm / 60.0)) if rpm else None
-        self.tpm = TokenBucket(tpm, burst=max(1.0, tpm / 6.0)) if tpm else None
+        self.timeouts = 0
+        self.cap: int | None = None  # from the upstream's own load signal
+        self.use_latency = False  # no load signal: read queueing from answer times
+        self.latency = LatencyGauge(clock)
+        self.learner = RateLearner(clock)
+        self.rpm = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
+        self.tpm = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
 
     @property
     def current(self) -> int:
-        return max(self.floor, int(self.limit))
+        n = max(self.floor, int(self.limit))
+        return n if self.cap is None else min(n, self.cap)
 
     @property
     def gated(self) -> bool:
         """Whether `gate` could wait at all (skipping the call is the common, fast case)."""
-        now = time.monotonic()
+        now = self.clock()
         return (
             self.rpm is not None
             or self.tpm is not None
+            or self.learner.bucket is not None
             or self.paused_until > now
             or self.allowance_until > now
         )
 
+    def ticket(self) -> Ticket:
+        """Taken as a request is sent; `finished` once its outcome is known."""
+        self.sent += 1
+        self.outstanding += 1
+        return Ticket(self.epoch, self.sent, self.clock())
+
+    def finished(self) -> None:
+        self.outstanding -= 1
+
     async def gate(self, tokens: int = 0) -> None:
-        """Wait out a pause, a spent allowance and the static buckets before sending one request."""
+        """Wait out a pause, a spent allowance, the static buckets and a learnt pace
+        before sending one request."""
         while True:
-            now = time.monotonic()
+            now = self.clock()
             wait = self.paused_until - now
             if wait <= 0 and self.allowance_until > now and self.allowance <= 0:
                 wait = self.allowance_until - now
             if wait <= 0:
+                pace = self.learner.pace()
+                wait = pace.wait_for() if pace is not None else 0.0
+                if wait <= 0 and pace is not None:
+                    pace.spend()
+            if wait <= 0:
                 break
             await asyncio.sleep(wait)
-        if self.allowance_until > time.monotonic():
+        if self.allowance_until > self.clock():
             self.allowance -= 1
         if self.rpm:
             await self.rpm.take()
         if self.tpm and tokens:
             await self.tpm.take(tokens)
+
+    def set_cap(self, cap: int | None) -> None:
+        before = self.current
+        self.cap = cap
+        if self.current > before and self.on_grow is not None:
+            self.on_grow()
 
     def _grow(self) -> None:
         before = self.current
@@ -124,8 +134,26 @@ class Limiter:
         if self.current > before and self.on_grow is not None:
             self.on_grow()
 
-    def on_success(self, headers: Any = None) -> None:
-        if self.slow_start:
+    def _decrease(self, to: float, ticket: Ticket | None) -> None:
+        """Shrink at most once per window: every request in flight sees the same signal,
+        and only those sent after the last decrease may shrink it again."""
+        self.slow_start = False
+        if ticket is None or ticket.epoch == self.epoch:
+            self.epoch += 1
+            self.limit = max(float(self.floor), min(self.limit, to))
+
+    def on_success(self, headers: Any = None, ticket: Ticket | None = None, units: int = 1) -> None:
+        """An answer; `units`: tokens it generated, so time per request compares fairly."""
+        hold = False
+        if ticket is not None:
+            self.latency.add(self.clock() - ticket.started, units, max(1, self.outstanding))
+            verdict = self.latency.verdict() if self.use_latency else None
+            if verdict is not None and verdict.queued:
+                self._decrease(max(verdict.target(), self.limit * 0.5), None)
+            hold = verdict is not None and verdict.hold
+        if hold:
+            self._successes = 0
+        elif self.slow_start:
             self._grow()
         else:
             self._successes += 1
@@ -133,28 +161,41 @@ class Limiter:
                 self._successes = 0
                 self._grow()
         if headers is not None:
-            self._read_headers(headers)
+            self.learner.accepted(headers)
+            self._read_headers(headers, ticket)
 
     def on_overload(
-        self, retry_after: float | None = None, headers: Any = None, sent_epoch: int | None = None
+        self,
+        retry_after: float | None = None,
+        headers: Any = None,
+        sent_epoch: int | None = None,
+        *,
+        ticket: Ticket | None = None,
+        rate_limited: bool = False,
+        timed_out: bool = False,
     ) -> None:
         """A 429, 503 or timeout: shrink once per window, and pause if told to."""
         self.overloads += 1
-        self.slow_start = False
-        # Every request in flight sees the same overload; only those sent after the
-        # last decrease may shrink the window again (TCP's once-per-window rule).
-        if sent_epoch is None or sent_epoch == self.epoch:
-            self.epoch += 1
-            self.limit = max(float(self.floor), self.limit * 0.7)
+        if ticket is None and sent_epoch is not None:
+            ticket = Ticket(sent_epoch, self.sent, self.clock())
+        if timed_out:
+            self.timeouts += 1
+            # Not a free retry: the upstream may still be generating it. What was in
+            # flight did not fit in the timeout; half of it will.
+            self._decrease(min(self.limit, max(1, self.outstanding)) * 0.5, ticket)
+        else:
+            self._decrease(self.limit * 0.7, ticket)
+        if rate_limited:
+            self.learner.refused(headers)
         if retry_after is not None:
             self.pause(retry_after)
         if headers is not None:
-            self._read_headers(headers)
+            self._read_headers(headers, ticket)
 
     def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + min(seconds, 300.0))
+        self.paused_until = max(self.paused_until, self.clock() + min(seconds, MAX_RESET))
 
-    def _read_headers(self, headers: Any) -> None:
+    def _read_headers(self, headers: Any, ticket: Ticket | None) -> None:
         for kind in ("requests", "tokens"):
             remaining = headers.get(f"x-ratelimit-remaining-{kind}")
             if remaining is None:
@@ -167,8 +208,13 @@ class Limiter:
             if not reset:
                 continue
             if kind == "requests":
-                # The upstream's latest count: it already includes what it has received.
-                self.allowance = int(left)
-                self.allowance_until = time.monotonic() + min(reset, 300.0)
+                seq = ticket.seq if ticket is not None else self.sent
+                if seq < self._told_seq:
+                    continue  # an answer overtaken by a newer one's count
+                # The upstream counted up to this request; those sent after it are
+                # not in its count yet.
+                self._told_seq = seq
+                self.allowance = int(left) - (self.sent - seq)
+                self.allowance_until = self.clock() + min(reset, MAX_RESET)
             if left <= 0:
                 self.pause(reset)

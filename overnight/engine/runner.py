@@ -16,6 +16,7 @@ from overnight.engine.lane import ActiveBatch, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy
 from overnight.engine.results import ResultSink
+from overnight.engine.yielding import YieldController
 
 log = logging.getLogger("overnight.runner")
 
@@ -65,6 +66,11 @@ class Runner:
             rpm=route.rpm,
             tpm=route.tpm,
         )
+        yielder = None
+        if not local and route.yield_mode == "auto":
+            yielder = YieldController(
+                max_share=route.max_share, queue_ahead=route.priority is not None
+            )
         lane = Lane(
             key,
             backend,
@@ -78,6 +84,7 @@ class Runner:
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval,
             clock=self.svc.clock,
+            yielder=yielder,
         )
         lane.start()
         self.lanes[key] = lane
