@@ -205,6 +205,7 @@ class Batch:
     # What the engine keeps and a client never sees:
     seq: int = 0  # the store's key: ledger rows point at it, listing pages by it
     stop_reason: str | None = None  # "cancel" or "expire" once the batch must stop
+    priority: int = 0  # higher runs first among open batches (overnight's extension)
 
     def to_api(self) -> dict[str, Any]:
         return {

@@ -198,6 +198,37 @@ class IdempotencyStore(Protocol):
     async def purge(self, now: int) -> int: ...
 
 
+class FleetStore(Protocol):
+    """Limits that hold for every worker sharing the store: a route's rpm, tpm and
+    max_concurrency, and the rate an upstream's headers taught one of them.
+
+    Times are unix seconds passed in by the caller (tests use a fake clock); each
+    method is one transaction, safe against other processes on the same database."""
+
+    async def take(
+        self, bucket: str, want: float, rate_per_s: float, burst: float, now: float
+    ) -> float:
+        """Take up to `want` tokens from a shared token bucket; returns what was granted
+        (0 when it is empty). The bucket starts full; `rate_per_s` and `burst` of this
+        call replace the stored ones (a route's limit may change, a learnt one moves)."""
+
+    async def lease_slots(
+        self, route: str, owner: str, want: int, limit: int, now: float, until: float
+    ) -> int:
+        """Hold up to `want` of a route's `limit` concurrency slots until `until`; returns
+        how many `owner` holds now, which may be fewer than before: a fair share when
+        others want slots too. Slots of owners whose lease ended before `now` are freed."""
+
+    async def release_slots(self, owner: str) -> None:
+        """Give back every slot `owner` holds (a graceful stop)."""
+
+    async def set_learnt(self, route: str, rate_per_s: float, now: float) -> None:
+        """Share a request rate learnt from the upstream's headers (last writer wins)."""
+
+    async def learnt(self, route: str, now: float, max_age: float = 600.0) -> float | None:
+        """The route's learnt rate, or None when none was set in the last `max_age` s."""
+
+
 class Store(Protocol):
     @property
     def files(self) -> FileStore: ...
@@ -209,6 +240,8 @@ class Store(Protocol):
     def keys(self) -> KeyStore: ...
     @property
     def idempotency(self) -> IdempotencyStore: ...
+    @property
+    def fleet(self) -> FleetStore: ...
 
     @property
     def single_process(self) -> bool:

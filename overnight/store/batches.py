@@ -38,6 +38,7 @@ _PLAIN = (
     "completed",
     "failed",
     "stop_reason",
+    "priority",
 )
 
 

@@ -21,6 +21,7 @@ from overnight.store.base import (
     StoreStats,
 )
 from overnight.store.keys import SHOWN_PREFIX, hash_key, new_key
+from overnight.store.memory_fleet import MemoryFleet
 from overnight.store.memory_ledger import MemoryLedger
 
 DELETED = "deleted"
@@ -284,6 +285,7 @@ class MemoryStore:
         self.ledger = MemoryLedger(self.batches)
         self.keys = MemoryKeys()
         self.idempotency = MemoryIdempotency()
+        self.fleet = MemoryFleet()
 
     @property
     def single_process(self) -> bool:

@@ -1,4 +1,4 @@
-"""The tables: files, batches and the request ledger (SQLAlchemy Core)."""
+"""The tables: files, batches, the request ledger, keys, fleet limits (SQLAlchemy Core)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,8 @@ batches = Table(
     # A batch-level lease: the process validating or finalizing it, and until when.
     Column("owner", String(64)),
     Column("owner_until", Float),
+    # Higher runs first among open batches (an overnight extension, not in the vendors' API).
+    Column("priority", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_batches_status", "status"),
     Index("ix_batches_project_seq", "project", "seq"),
 )
@@ -140,4 +142,39 @@ idempotency_keys = Table(
     Column("response", Text),
     Column("created_at", BigInteger, nullable=False),
     Index("ix_idempotency_created", "created_at"),
+)
+
+# Fleet-wide limits shared by every worker on one database (store/sql_fleet.py).
+# A token bucket per name (a route's rpm or tpm): its level at `stamp`, and the rate and
+# burst its last taker passed.
+fleet_buckets = Table(
+    "fleet_buckets",
+    metadata,
+    Column("bucket", String(255), primary_key=True),
+    Column("level", Float, nullable=False),
+    Column("stamp", Float, nullable=False),
+    Column("rate_per_s", Float, nullable=False),
+    Column("burst", Float, nullable=False),
+)
+
+# Concurrency slots a worker (`owner`) holds on a route until `expires_at`; a row past it
+# is a dead worker's and counts for nothing.
+fleet_slots = Table(
+    "fleet_slots",
+    metadata,
+    Column("route", String(255), primary_key=True),
+    Column("owner", String(128), primary_key=True),
+    Column("held", Integer, nullable=False),
+    Column("want", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_fleet_slots_owner", "owner"),
+)
+
+# A route's request rate learnt from its upstream's headers, shared by the fleet.
+fleet_routes = Table(
+    "fleet_routes",
+    metadata,
+    Column("route", String(255), primary_key=True),
+    Column("learnt_rate", Float, nullable=False),
+    Column("learnt_at", Float, nullable=False),
 )

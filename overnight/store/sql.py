@@ -19,6 +19,7 @@ from overnight.store.idempotency import IdempotencyRepo
 from overnight.store.keys import KeyRepo
 from overnight.store.ledger import Ledger
 from overnight.store.schema import batches, requests
+from overnight.store.sql_fleet import SqlFleet
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SqlStore:
     ledger: Ledger
     keys: KeyRepo
     idempotency: IdempotencyRepo
+    fleet: SqlFleet
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -41,6 +43,7 @@ class SqlStore:
             Ledger(engine),
             KeyRepo(engine),
             IdempotencyRepo(engine),
+            SqlFleet(engine),
         )
 
     @property
