@@ -146,7 +146,8 @@ class Limiter:
         """An answer; `units`: tokens it generated, so time per request compares fairly."""
         hold = False
         if ticket is not None:
-            self.latency.add(self.clock() - ticket.started, units, max(1, self.outstanding))
+            # `finished` came first: this request was in flight too.
+            self.latency.add(self.clock() - ticket.started, units, self.outstanding + 1)
             verdict = self.latency.verdict() if self.use_latency else None
             if verdict is not None and verdict.queued:
                 self._decrease(max(verdict.target(), self.limit * 0.5), None)
@@ -182,7 +183,7 @@ class Limiter:
             self.timeouts += 1
             # Not a free retry: the upstream may still be generating it. What was in
             # flight did not fit in the timeout; half of it will.
-            self._decrease(min(self.limit, max(1, self.outstanding)) * 0.5, ticket)
+            self._decrease(min(self.limit, self.outstanding + 1) * 0.5, ticket)
         else:
             self._decrease(self.limit * 0.7, ticket)
         if rate_limited:
