@@ -36,6 +36,13 @@ class StubConfig:
     tpm: int | None = _opt(None, "tokens (prompt + max/completion) per rate_window before 429")
     rate_window: float = _opt(60.0, "length of the sliding rate-limit window, seconds")
     max_concurrency: int | None = _opt(None, "answer 429 while more requests are in flight")
+    slots: int | None = _opt(
+        None, "model requests generating at once; more wait in a queue (null: no limit)"
+    )
+    scheduling: str = _opt(
+        "fifo", "waiting queue order: 'fifo', or 'priority' (body.priority, lower first)"
+    )
+    metrics: bool = _opt(True, "GET /metrics answers vLLM's gauges (false: 404, no signal)")
     require_api_key: str | None = _opt(None, "401 unless `Authorization: Bearer` or api-key")
     seed: int | None = _opt(None, "seed for the random choices (latency jitter, fault rates)")
     usage_tokens: int | None = _opt(None, "claim this many input tokens in every usage")
@@ -60,12 +67,14 @@ class StubConfig:
         for name in ("latency", "latency_jitter", "fail_first_n", "port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("rpm", "tpm", "max_concurrency", "max_lifetime"):
+        for name in ("rpm", "tpm", "max_concurrency", "slots", "max_lifetime"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or null for no limit)")
         if self.stream not in ("honour", "always", "never"):
             raise ValueError("stream must be 'honour', 'always' or 'never'")
+        if self.scheduling not in ("fifo", "priority"):
+            raise ValueError("scheduling must be 'fifo' or 'priority'")
         if self.rate_window <= 0 or self.max_received < 1 or self.embedding_dim < 1:
             raise ValueError("rate_window, max_received and embedding_dim must be positive")
         for name in ("status_override", "fail_status"):
@@ -103,7 +112,7 @@ class StubConfig:
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
-                type=kind,
+                type=_flag if kind is bool else kind,
                 default=f.default,
                 help=f.metadata.get("help"),
             )
@@ -115,8 +124,18 @@ class StubConfig:
             raise  # unreachable: parser.error exits
 
 
+def _flag(raw: str) -> bool:
+    """A boolean CLI value: true/false, yes/no, on/off, 1/0."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
 def _field_types() -> dict[str, tuple[type, bool]]:
-    kinds = {"int": int, "float": float, "str": str}
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
     out = {}
     for f in dataclasses.fields(StubConfig):
         annotation = str(f.type)
@@ -132,7 +151,7 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-    elif kind is str and isinstance(value, str):
+    elif isinstance(value, str | bool) and type(value) is kind:
         return value
     elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)

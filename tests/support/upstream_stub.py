@@ -4,9 +4,13 @@ It answers chat/completions, completions, embeddings and responses (under `/v1`,
 it, and in Azure's `/openai/deployments/{name}/...` spelling) with deterministic echoes
 and realistic `usage`, and misbehaves on demand: latency, 500s, garbage bodies, dropped
 connections, hangs, RPM/TPM limits with `retry-after`, a concurrency cap, a wrong API key,
-and "fail the first N attempts of each body" for retry tests. It is a bare ASGI callable
-on uvicorn's httptools protocol (no framework, no per-request logging) because the
-dispatch benchmark pushes tens of thousands of requests through it on a small machine.
+and "fail the first N attempts of each body" for retry tests. With `slots = k` it is a
+model server of finite capacity: k requests generate at once, each for `latency` seconds,
+and the rest wait in a queue (FIFO, or by the body's `priority`, lower first, as vLLM's
+priority scheduling); `GET /metrics` reports that queue in vLLM's Prometheus format.
+It is a bare ASGI callable on uvicorn's httptools protocol (no framework, no per-request
+logging) because the dispatch benchmark pushes tens of thousands of requests through it
+on a small machine.
 
 Three ways to run it::
 
@@ -17,7 +21,8 @@ Three ways to run it::
     python -m tests.support.upstream_stub --port 9000 --latency 0.05 --rpm 600
 
 Control and observation (not counted as model requests): `GET /_stats`,
-`GET /_received?limit=N[&raw=1]`, `GET /_counts`, `POST /_reset`, `GET|POST /_config`.
+`GET /_received?limit=N[&raw=1]`, `GET /_counts`, `POST /_reset`, `GET|POST /_config`,
+and `GET /metrics` (vLLM's gauges; 404 with `metrics = false`).
 
 This module is the server (routing, misbehaviour, lifecycle); its settings are in
 `stub_config` and the answers it builds in `stub_answers`.
@@ -29,6 +34,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import heapq
 import math
 import os
 import random
@@ -150,8 +156,123 @@ class _Window:
         return span
 
     def reset_in(self, now: float, span: float) -> float:
-        """Seconds until the oldest counted use leaves the window (remaining grows)."""
-        return self.events[0][0] + span - now if self.events else 0.0
+        """Seconds until the window is empty again, i.e. until `remaining` is back to the
+        full limit: OpenAI's documented meaning of `x-ratelimit-reset-*` ("the time until
+        the rate limit resets to its initial state"), the newest counted use + span."""
+        return max(self.events[-1][0] + span - now, 0.0) if self.events else 0.0
+
+
+class _Slots:
+    """`capacity` generation slots; requests beyond them wait, in arrival order or, with
+    `by_priority`, by priority (lower first, ties by arrival). Running requests are never
+    preempted. A released slot passes straight to the next waiter. capacity None: any
+    number run (used when `slots` is switched off live, to let the waiters go)."""
+
+    __slots__ = (
+        "_queue",
+        "_seq",
+        "by_priority",
+        "capacity",
+        "peak_running",
+        "peak_waiting",
+        "running",
+        "waiting",
+    )
+
+    def __init__(self, capacity: int | None, by_priority: bool) -> None:
+        self.capacity, self.by_priority = capacity, by_priority
+        self.running = self.waiting = self.peak_running = self.peak_waiting = 0
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._seq = 0
+
+    def _free(self) -> bool:
+        return self.capacity is None or self.running < self.capacity
+
+    async def acquire(self, priority: int = 0) -> None:
+        if not self.waiting and self._free():
+            self.running += 1
+            if self.running > self.peak_running:
+                self.peak_running = self.running
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._queue, (priority if self.by_priority else 0, self._seq, future))
+        self.waiting += 1
+        if self.waiting > self.peak_waiting:
+            self.peak_waiting = self.waiting
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():  # gave up while waiting; its heap entry is skipped
+                self.waiting -= 1
+                if len(self._queue) > 2 * self.waiting + 64:
+                    self._queue = [e for e in self._queue if not e[2].done()]
+                    heapq.heapify(self._queue)
+            else:  # granted, then cancelled before it ran: pass the slot on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        if self.capacity is None or self.running <= self.capacity:
+            while self._queue:
+                future = heapq.heappop(self._queue)[2]
+                if not future.done():
+                    self.waiting -= 1
+                    future.set_result(None)  # the slot changes hands: running unchanged
+                    return
+        self.running -= 1
+
+    def close(self) -> None:
+        """The server stops: every waiter gives up (running requests end as they will)."""
+        for _, _, future in self._queue:
+            future.cancel()
+
+    def resize(self, capacity: int | None, by_priority: bool) -> None:
+        """New settings, live: more slots let waiters in at once, fewer drain as they end."""
+        self.capacity, self.by_priority = capacity, by_priority
+        while self.waiting and self._free():
+            self.running += 1
+            self.release()
+        if self.running > self.peak_running:
+            self.peak_running = self.running
+
+
+class _Watch:
+    """Cancels the task that made it when the client disconnects, as vLLM aborts a
+    request whose client has gone (its slot or queue place is freed)."""
+
+    __slots__ = ("_owner", "_task", "gone")
+
+    def __init__(self, receive: _Receive) -> None:
+        self.gone = False
+        self._owner = asyncio.current_task()
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: _Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._owner is not None:
+            self._owner.cancel()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    def uncancel(self) -> None:
+        if self._owner is not None:
+            self._owner.uncancel()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_METRICS = (
+    ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+)
+_PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 
 
 # --- the ASGI application ---------------------------------------------------------------
@@ -238,6 +359,8 @@ class StubApp:
         self.rng = random.Random(config.seed)
         self.closed = asyncio.Event()  # set by StubServer.stop: hanging requests give up
         self.in_flight = 0
+        self.slots = _Slots(self.config.slots, self.config.scheduling == "priority")
+        self.served_model: str | None = None  # the first model asked for: /metrics' label
         self._id_prefix = os.urandom(4).hex()
         self._seq = 0
         self._routes: dict[str, tuple[str, str | None] | None] = {}
@@ -248,12 +371,14 @@ class StubApp:
         self.by_status: dict[int, int] = {}
         self.by_endpoint: dict[str, int] = {}
         self.max_in_flight = self.in_flight
+        self.slots.peak_running, self.slots.peak_waiting = self.slots.running, self.slots.waiting
+        self.completed_by_user: dict[str, int] = {}
         self.attempts: dict[int, int] = {}
         self.counts: dict[str, int] = {}
         self.log: deque[tuple[str, list[tuple[bytes, bytes]], Any, bytes, float]] = deque(
             maxlen=self.config.max_received
         )
-        self.resets = self.hangs = self.garbage = 0
+        self.resets = self.hangs = self.garbage = self.abandoned = 0
         self.request_window = _Window()
         self.token_window = _Window()
 
@@ -264,20 +389,49 @@ class StubApp:
         if new.max_received != self.config.max_received:
             self.log = deque(self.log, maxlen=new.max_received)
         self.config = new
+        self.slots.resize(new.slots, new.scheduling == "priority")
         return new
 
+    def gauges(self) -> tuple[int, int, float]:
+        """(running, waiting, KV-cache use 0..1), as a vLLM server reports them."""
+        slots = self.config.slots
+        if slots is None:
+            return self.in_flight, 0, 0.0
+        running = self.slots.running
+        return running, self.slots.waiting, min(running / slots, 1.0)
+
     def stats(self) -> dict[str, Any]:
+        running, waiting, _ = self.gauges()
+        limited = self.config.slots is not None
         return {
             "received": self.received,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "by_endpoint": dict(self.by_endpoint),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "running": running,
+            "waiting": waiting,
+            "max_running": self.slots.peak_running if limited else self.max_in_flight,
+            "max_waiting": self.slots.peak_waiting if limited else 0,
+            # 200 answers by the body's `user` field ("-" without one)
+            "completed_by_user": dict(self.completed_by_user),
             "bodies_seen": len(self.attempts),
             "resets": self.resets,
             "hangs": self.hangs,
             "garbage": self.garbage,
+            "abandoned": self.abandoned,  # clients that left while queued or generating
         }
+
+    def metrics(self) -> bytes:
+        """vLLM's scheduler gauges in Prometheus' text format (as prometheus_client
+        writes them: HELP, TYPE, one sample with engine and model_name labels)."""
+        running, waiting, kv = self.gauges()
+        labels = f'{{engine="0",model_name="{_label(self.served_model or "stub-model")}"}}'
+        lines = []
+        for (name, help_text), value in zip(_METRICS, (running, waiting, kv), strict=True):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines.append(f"{name}{labels} {float(value)!r}")
+        return ("\n".join(lines) + "\n").encode()
 
     def received_requests(self, limit: int | None = None, raw: bool = False) -> list[Any]:
         entries = list(self.log)[-limit:] if limit else list(self.log)
@@ -358,6 +512,8 @@ class StubApp:
             return await self._answer(send, rid, 400, _error(message, "invalid_request_error"))
         assert isinstance(body, dict)
         model = body.get("model") or deployment or "stub-model"
+        if self.served_model is None:
+            self.served_model = str(model)
         try:
             answer, cost = BUILDERS[endpoint](body, str(model), text, rid, cfg)
         except BadRequest as exc:
@@ -383,17 +539,40 @@ class StubApp:
         delay = cfg.latency
         if cfg.latency_jitter:
             delay += self.rng.uniform(0.0, cfg.latency_jitter)
-        if delay > 0:
+        if cfg.slots is not None or delay > 0:
+            held, watch = False, None
+            if cfg.slots is not None:  # like vLLM, abort a request whose client has left
+                watch = _Watch(receive)
             try:
-                await asyncio.sleep(delay)
+                if cfg.slots is not None:  # wait for a slot, then generate in it
+                    await self.slots.acquire(_priority(body))
+                    held = True
+                if delay > 0:
+                    await asyncio.sleep(delay)
             except asyncio.CancelledError:
+                if held:
+                    held = False
+                    self.slots.release()
+                if watch is not None:
+                    watch.stop()  # before _drop below, which reads the disconnect itself
+                    if watch.gone:
+                        self.abandoned += 1
+                        watch.uncancel()
+                        return  # nobody left to answer
                 if not self.closed.is_set():
                     raise
                 return await _drop(receive)
+            finally:
+                if watch is not None:
+                    watch.stop()
+                if held:
+                    self.slots.release()
         if attempt <= cfg.fail_first_n:
             return await self._answer(send, rid, cfg.fail_status, _status_error(cfg.fail_status))
         if cfg.status_override is not None:
             status = cfg.status_override
+            if status == 200:
+                self._completed(body)
             payload = _status_error(status) if status >= 400 else orjson.dumps(answer)
             return await self._answer(send, rid, status, payload, headers)
         if cfg.endless_body_rate or cfg.endless_header_rate:
@@ -420,9 +599,15 @@ class StubApp:
                 return await self._answer(
                     send, rid, cfg.fail_status, _status_error(cfg.fail_status), headers
                 )
+        self._completed(body)
         if cfg.stream == "always" or (cfg.stream == "honour" and body.get("stream") is True):
             return await self._stream(send, rid, answer, headers)
         await self._answer(send, rid, 200, orjson.dumps(answer), headers)
+
+    def _completed(self, body: dict[str, Any]) -> None:
+        user = body.get("user")
+        key = user if isinstance(user, str) and user else "-"
+        self.completed_by_user[key] = self.completed_by_user.get(key, 0) + 1
 
     async def _stream(
         self, send: _Send, rid: str, answer: Any, headers: Sequence[tuple[bytes, bytes]]
@@ -570,10 +755,21 @@ class StubApp:
             result = {"object": "list", "data": [model]}
         elif path == "/health" and method == "GET":
             result = {"status": "ok"}
+        elif path == "/metrics" and method == "GET" and self.config.metrics:
+            payload = self.metrics()
+            head = [_PROMETHEUS, (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            return await send({"type": "http.response.body", "body": payload})
         else:
             message = f"Invalid URL ({method} {scope['path']})"
             return await self._reply(send, 404, _error(message, "invalid_request_error"))
         await self._reply(send, 200, orjson.dumps(result))
+
+
+def _priority(body: dict[str, Any]) -> int:
+    """The request's vLLM `priority` (lower runs first; 0 without one)."""
+    value = body.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _authorized(headers: list[tuple[bytes, bytes]], key: str) -> bool:
@@ -687,6 +883,7 @@ class StubServer:
             return
         self._server = None
         app.closed.set()
+        app.slots.close()
         server.close()
         for conn in list(state.connections):
             conn.shutdown()

@@ -326,3 +326,169 @@ def test_config_round_trips_through_cli_flags() -> None:
 )
 def test_reset_durations_are_spelled_like_openai(seconds: float, spelled: str) -> None:
     assert _duration(seconds) == spelled
+
+
+def test_reset_header_is_the_time_until_the_window_is_empty() -> None:
+    """OpenAI: x-ratelimit-reset-requests is the time until `remaining` is back to the
+    full limit, i.e. until the newest counted request leaves the window."""
+    with StubServer.in_thread(StubConfig(rpm=5, rate_window=2.0)) as stub:
+        request = urllib.request.Request(
+            stub.url + "/chat/completions",
+            data=json.dumps(CHAT).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+        time.sleep(0.5)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["x-ratelimit-remaining-requests"] == "3"
+            reset = response.headers["x-ratelimit-reset-requests"]
+        # The oldest leaves in ~1.5 s; the window is empty in ~2 s.
+        assert reset.endswith("s") and not reset.endswith("ms")
+        assert 1.9 <= float(reset[:-1]) <= 2.0
+
+
+def _gauges(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = float(value)
+    return out
+
+
+async def test_slots_queue_the_excess_and_metrics_show_it(http: aiohttp.ClientSession) -> None:
+    async with StubServer(StubConfig(slots=2, latency=0.2)) as stub:
+        url = stub.url + "/chat/completions"
+        started = time.monotonic()
+        pending = [asyncio.ensure_future(post(http, url, CHAT)) for _ in range(6)]
+        await asyncio.sleep(0.1)
+        async with http.get(stub.base_url + "/metrics") as response:
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+            text = await response.text()
+        assert "# TYPE vllm:num_requests_waiting gauge" in text
+        assert 'vllm:num_requests_running{engine="0",model_name="gpt-4o-mini"} 2.0' in text
+        assert _gauges(text) == {
+            "vllm:num_requests_running": 2.0,
+            "vllm:num_requests_waiting": 4.0,
+            "vllm:kv_cache_usage_perc": 1.0,
+        }
+        results = await asyncio.gather(*pending)
+        took = time.monotonic() - started
+        assert [status for status, _, _ in results] == [200] * 6
+        assert 0.6 <= took < 1.0  # three rounds of two, none refused
+        stats = stub.stats()
+        assert (stats["running"], stats["waiting"]) == (0, 0)
+        assert (stats["max_running"], stats["max_waiting"]) == (2, 4)
+        assert stats["completed_by_user"] == {"-": 6}
+        stub.reset()
+        assert (stub.stats()["max_running"], stub.stats()["max_waiting"]) == (0, 0)
+
+
+async def _finish_order(stub: StubServer, http: aiohttp.ClientSession) -> list[str]:
+    url = stub.url + "/chat/completions"
+    done: list[str] = []
+
+    async def one(name: str, priority: int | None) -> None:
+        body = {**CHAT, "user": name}
+        if priority is not None:
+            body["priority"] = priority
+        assert (await post(http, url, body))[0] == 200
+        done.append(name)
+
+    tasks = [asyncio.ensure_future(one("first", 0))]
+    await asyncio.sleep(0.03)  # it holds the only slot; the rest queue up in this order
+    for name, priority in (("late", 5), ("default", None), ("urgent", -1), ("zero", 0)):
+        tasks.append(asyncio.ensure_future(one(name, priority)))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    return done
+
+
+async def test_priority_scheduling_runs_lower_values_first(http: aiohttp.ClientSession) -> None:
+    async with StubServer(StubConfig(slots=1, latency=0.08, scheduling="priority")) as stub:
+        order = await _finish_order(stub, http)
+        assert order == ["first", "urgent", "default", "zero", "late"]  # ties by arrival
+        assert stub.stats()["completed_by_user"] == dict.fromkeys(order, 1)
+    async with StubServer(StubConfig(slots=1, latency=0.08)) as stub:  # fifo ignores it
+        assert await _finish_order(stub, http) == ["first", "late", "default", "urgent", "zero"]
+
+
+async def test_a_client_leaving_the_queue_frees_its_place(http: aiohttp.ClientSession) -> None:
+    async with StubServer(StubConfig(slots=1, latency=0.2)) as stub:
+        url = stub.url + "/chat/completions"
+        first = asyncio.ensure_future(post(http, url, CHAT))
+        await asyncio.sleep(0.03)
+        with pytest.raises(asyncio.TimeoutError):
+            await post(http, url, CHAT, timeout=aiohttp.ClientTimeout(total=0.05))
+        await asyncio.sleep(0.03)
+        assert (stub.stats()["waiting"], stub.stats()["abandoned"]) == (0, 1)
+        assert (await first)[0] == 200
+        assert (await post(http, url, CHAT))[0] == 200
+        assert stub.stats()["running"] == 0
+
+
+async def test_slots_change_live(http: aiohttp.ClientSession) -> None:
+    async with StubServer(StubConfig(slots=1, latency=0.2)) as stub:
+        url = stub.url + "/chat/completions"
+        started = time.monotonic()
+        pending = [asyncio.ensure_future(post(http, url, CHAT)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        assert stub.stats()["waiting"] == 3
+        stub.configure(slots=4)  # the three waiting start at once
+        await asyncio.sleep(0.01)
+        assert (stub.stats()["running"], stub.stats()["waiting"]) == (4, 0)
+        await asyncio.gather(*pending)
+        assert time.monotonic() - started < 0.4
+        pending = [asyncio.ensure_future(post(http, url, CHAT)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        stub.configure(slots=None)  # back to no limit: metrics count requests in flight
+        async with http.get(stub.base_url + "/metrics") as response:
+            gauges = _gauges(await response.text())
+        assert gauges["vllm:num_requests_running"] == 2.0
+        assert gauges["vllm:kv_cache_usage_perc"] == 0.0
+        await asyncio.gather(*pending)
+
+
+async def test_metrics_can_be_hidden(http: aiohttp.ClientSession) -> None:
+    async with StubServer(StubConfig(metrics=False)) as stub:
+        async with http.get(stub.base_url + "/metrics") as response:
+            assert response.status == 404
+        stub.configure(metrics=True)
+        async with http.get(stub.base_url + "/metrics") as response:
+            gauges = _gauges(await response.text())
+        assert gauges == dict.fromkeys(
+            ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"),
+            0.0,
+        )
+
+
+def test_new_settings_round_trip_and_validate() -> None:
+    config = StubConfig(slots=8, scheduling="priority", metrics=False, latency=0.5)
+    argv = config.to_argv()
+    assert argv[argv.index("--metrics") + 1] == "False"
+    assert StubConfig.from_argv(argv) == config
+    assert StubConfig.from_argv(["--metrics", "no"]).metrics is False
+    assert StubConfig().merged({"metrics": False, "slots": 3}).slots == 3
+    for bad in ({"metrics": 1}, {"slots": 0}, {"scheduling": "lifo"}):
+        with pytest.raises(ValueError):
+            StubConfig().merged(bad)
+    with pytest.raises(SystemExit):
+        StubConfig.from_argv(["--metrics", "maybe"])
+
+
+async def test_stopping_lets_the_queue_go_quietly(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = await StubServer(StubConfig(slots=1, latency=0.3)).start()
+    url = stub.url + "/chat/completions"
+    pending = [asyncio.ensure_future(post(http, url, CHAT)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert stub.stats()["waiting"] == 3
+    started = time.monotonic()
+    await stub.stop()
+    assert time.monotonic() - started < 0.9  # the waiters left at once, the runner finished
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert sum(isinstance(o, aiohttp.ClientError) for o in outcomes) == 3
+    assert "Exception in ASGI application" not in caplog.text
