@@ -108,7 +108,10 @@ class Settings:
     embedded_by_default: bool = True
     run_executor: bool = True
     max_requests_per_batch: int = 50_000
-    completion_window_seconds: int = 86_400
+    completion_window_seconds: int = 86_400  # what "24h" means (tests shorten it)
+    # Windows a batch may ask for. The vendors accept only "24h"; an operator may allow
+    # others (e.g. "1h", "7d") for their own users.
+    completion_windows: tuple[str, ...] = ("24h",)
     max_upload_bytes: int = 512 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_line_bytes: int = 8 * 1024 * 1024
@@ -290,6 +293,9 @@ def load(
     for key in ("max_requests_per_batch", "completion_window_seconds", "max_attempts"):
         if key in server:
             values[key] = int(server[key])
+    windows = env.get("OVERNIGHT_COMPLETION_WINDOWS") or server.get("completion_windows")
+    if windows:
+        values["completion_windows"] = _parse_windows(windows)
     env_map = {
         "OVERNIGHT_DATA_DIR": "data_dir",
         "OVERNIGHT_DATABASE_URL": "database_url",
@@ -339,6 +345,33 @@ def load(
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])
     return Settings(**values)
+
+
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int | None:
+    """ "90s", "30m", "24h", "7d" in seconds; None if it is none of those."""
+    match = _WINDOW.match(window)
+    return int(match[1]) * _UNIT_SECONDS[match[2]] if match else None
+
+
+def _parse_windows(raw: str | list[Any]) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    out = []
+    for item in items:
+        window = str(item).strip()
+        if window and window_seconds(window) is None:
+            raise ConfigError(
+                f"completion window {window[:40]!r} is not a number and a unit (s, m, h, d), "
+                'e.g. "24h" or "7d"'
+            )
+        if window:
+            out.append(window)
+    if not out:
+        raise ConfigError("OVERNIGHT_COMPLETION_WINDOWS lists no window")
+    return tuple(out)
 
 
 def _number(var: str, raw: str, kind: type) -> Any:

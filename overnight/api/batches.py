@@ -27,6 +27,7 @@ from overnight.dialect import Dialect
 from overnight.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from overnight.jsonl import normalize_endpoint
 from overnight.models import Batch, BatchStatus, new_batch_id, now
+from overnight.settings import Settings, window_seconds
 
 router = APIRouter(tags=["batches"], responses=AUTH_ERRORS)
 Project = Annotated[str, Depends(current_project)]
@@ -111,6 +112,43 @@ def invalid_value(value: str, param: str, values: tuple[str, ...]) -> InvalidReq
     )
 
 
+PRIORITY_RANGE = range(-10, 11)
+PRIORITY_KEY = "overnight_priority"  # in metadata, for clients that send no extra fields
+
+
+def _priority(params: CreateBatch) -> int:
+    """overnight's extension: `priority` (extra_body) or metadata's overnight_priority;
+    higher runs sooner, from -10 to 10, 0 by default (docs/scheduling.md)."""
+    extra = params.model_extra or {}
+    raw: Any = extra.get("priority")
+    param = "priority"
+    if raw is None and params.metadata and PRIORITY_KEY in params.metadata:
+        raw, param = params.metadata[PRIORITY_KEY], f"metadata.{PRIORITY_KEY}"
+    if raw is None:
+        return 0
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        value = int(raw)
+    if value is None or value not in PRIORITY_RANGE:
+        raise InvalidRequest(
+            f"Invalid {param}: {str(raw)[:40]!r}. Expected a whole number from -10 to 10 "
+            "(higher runs sooner).",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def _window_seconds(settings: Settings, window: str) -> int:
+    if window == "24h":
+        return settings.completion_window_seconds
+    seconds = window_seconds(window)
+    assert seconds is not None  # settings checked every allowed window
+    return seconds
+
+
 def _wake(request: Request) -> None:
     scheduler = getattr(request.app.state, "scheduler", None)
     if scheduler is not None:
@@ -139,9 +177,11 @@ async def _create(request: Request, project: str, params: CreateBatch) -> dict[s
     endpoint = normalize_endpoint(params.endpoint)
     if endpoint is None:
         raise invalid_value(params.endpoint, "endpoint", ENDPOINTS)
-    if params.completion_window != "24h":
-        raise invalid_value(params.completion_window, "completion_window", ("24h",))
+    windows = svc.settings.completion_windows
+    if params.completion_window not in windows:
+        raise invalid_value(params.completion_window, "completion_window", windows)
     _check_metadata(params.metadata)
+    priority = _priority(params)
     file_id = params.input_file_id
     if not (file_id.startswith("file") and plausible_id(file_id)):
         raise InvalidRequest(
@@ -171,10 +211,11 @@ async def _create(request: Request, project: str, params: CreateBatch) -> dict[s
         endpoint_spelling=params.endpoint,
         dialect=Dialect.AZURE if is_azure(request) else Dialect.OPENAI,
         input_file_id=file_id,
-        completion_window="24h",
+        completion_window=params.completion_window,
         status=BatchStatus.VALIDATING,
         created_at=created,
-        expires_at=created + svc.settings.completion_window_seconds,
+        expires_at=created + _window_seconds(svc.settings, params.completion_window),
+        priority=priority,
         metadata=params.metadata,
         output_expires_after=(
             params.output_expires_after.model_dump() if params.output_expires_after else None

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from overnight.backends.base import Backend, TransientError, UnusableAnswer
 from overnight.engine.breaker import Breaker
+from overnight.engine.deadlines import Demand, Stride, weights
+from overnight.engine.fleet import FleetLimits
 from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy, answered, given_up, no_answer
 from overnight.engine.results import ResultSink
@@ -31,7 +34,7 @@ from overnight.metrics import (
     UNREACHABLE,
     route_stats,
 )
-from overnight.store.base import Claimed, LedgerStore
+from overnight.store.base import Claimed, LedgerStore, Outcome
 from overnight.store.faults import log_failure
 
 log = logging.getLogger("overnight.lane")
@@ -43,6 +46,9 @@ class ActiveBatch:
     id: str
     endpoint: str
     model: str
+    remaining: int = 0  # requests not finished, as of the scheduler's last look
+    expires_at: float = float("inf")
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -51,6 +57,7 @@ class Item:
     req: Claimed
 
 
+RATE_SPAN = 10.0
 LOAD_INTERVAL = 0.25  # seconds between readings of the upstream's load signal
 
 
@@ -75,11 +82,13 @@ class Lane:
     clock: Callable[[], float] = time.time  # unix seconds, for lease deadlines
     yielder: YieldController | None = None  # yield = "auto": give way to others' requests
     load_interval: float = LOAD_INTERVAL
+    fleet: FleetLimits | None = None  # the route's limits shared with other workers
     batches: dict[int, ActiveBatch] = field(default_factory=dict)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     busy: int = 0
     retrying: int = 0
-    _rr: int = 0
+    _stride: Stride = field(default_factory=Stride)
+    _finished: deque[float] = field(default_factory=deque)  # when answers came, 10 s
     _drained: set[int] = field(default_factory=set)
     _has_work: asyncio.Event = field(default_factory=asyncio.Event)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
@@ -96,6 +105,9 @@ class Lane:
             self._tasks.append(asyncio.create_task(self._work(index), name=f"work:{self.key}"))
         if self.yielder is not None:
             self._tasks.append(asyncio.create_task(self._watch_load(), name=f"load:{self.key}"))
+        if self.fleet is not None:
+            self.fleet.idle = lambda: not self.batches and self.idle
+            self._tasks.append(asyncio.create_task(self.fleet.run(), name=f"fleet:{self.key}"))
         self.limiter.on_grow = self._grew.set
 
     async def _watch_load(self) -> None:
@@ -145,6 +157,20 @@ class Lane:
         self._drained.clear()
         self._has_work.set()
 
+    def _record(self, outcome: Outcome) -> None:
+        self._finished.append(time.monotonic())
+        self.sink.add(outcome)
+
+    def rate(self) -> float:
+        """Requests a second this lane finished over the last RATE_SPAN seconds."""
+        done = self._finished
+        if len(done) < 2:
+            return 0.0
+        now = time.monotonic()
+        while done and done[0] < now - RATE_SPAN:
+            done.popleft()
+        return len(done) / max(now - done[0], 1.0) if done else 0.0
+
     def retry_later(self, item: Item, delay: float) -> None:
         self.retrying += 1
 
@@ -167,8 +193,10 @@ class Lane:
                 except TimeoutError:
                     self._drained.clear()
                 continue
-            self._rr = (self._rr + 1) % len(candidates)
-            batch = candidates[self._rr]
+            demands = [Demand(b.seq, b.remaining, b.expires_at, b.priority) for b in candidates]
+            shares = weights(demands, self.rate(), self.clock())
+            seq = self._stride.pick(shares)
+            batch = self.batches[seq]
             want = min(self.claim_chunk, max(8, low_water * 2 - self.queue.qsize()))
             try:
                 claimed = await self.ledger.claim(
@@ -178,6 +206,7 @@ class Lane:
                 log_failure(log, exc, "claim failed for batch %s", batch.id)
                 await asyncio.sleep(1.0)
                 continue
+            self._stride.charge(seq, len(claimed), shares[seq])
             if len(claimed) < want:
                 self._drained.add(batch.seq)
             for req in claimed:
@@ -262,7 +291,7 @@ class Lane:
             stopped = item.batch.seq not in self.batches
             if req.attempts >= self.policy.max_attempts or stopped:
                 stats.done(started, GAVE_UP)
-                self.sink.add(given_up(req, item.batch.seq, exc))
+                self._record(given_up(req, item.batch.seq, exc))
             else:
                 stats.done(started, RETRIED)
                 self.retry_later(item, self.policy.backoff(req.attempts, exc.retry_after))
@@ -272,14 +301,14 @@ class Lane:
             breaker.reached()
             limiter.on_success(exc.headers, ticket)
             stats.done(started, ERROR_RESPONSE)
-            self.sink.add(no_answer(req, item.batch.seq, "invalid_upstream_response", exc.message))
+            self._record(no_answer(req, item.batch.seq, "invalid_upstream_response", exc.message))
             return
         except Exception as exc:  # a bug in a backend must not take the engine down
             limiter.finished()
             stats.done(started, INTERNAL_ERROR)
             log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
             message = f"overnight failed to run this request: {type(exc).__name__}"
-            self.sink.add(no_answer(req, item.batch.seq, "internal_error", message))
+            self._record(no_answer(req, item.batch.seq, "internal_error", message))
             return
         finally:
             if probe:
@@ -289,7 +318,7 @@ class Lane:
         outcome = answered(req, item.batch.seq, response)
         limiter.on_success(response.headers, ticket, outcome.usage.output_tokens)
         stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
-        self.sink.add(outcome)
+        self._record(outcome)
 
     def begin_drain(self) -> None:
         """Shutting down: claim nothing more and send nothing more, at once. Requests
@@ -326,3 +355,5 @@ class Lane:
                 late,
             )
         await self.ledger.release(self.owner, held)
+        if self.fleet is not None:
+            await self.fleet.release()

@@ -23,12 +23,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from overnight.engine.latency import LatencyGauge
 from overnight.engine.pacing import MAX_RESET, RateLearner, TokenBucket, parse_reset
 
 __all__ = ["Limiter", "Ticket", "TokenBucket", "parse_reset"]
+
+
+class Bucket(Protocol):
+    """A token bucket: this process's own (pacing.TokenBucket) or the fleet's (fleet.py)."""
+
+    rate: float  # units a second
+
+    async def take(self, amount: float = 1.0) -> None: ...
 
 
 class Ticket(NamedTuple):
@@ -70,13 +78,21 @@ class Limiter:
         self.use_latency = False  # no load signal: read queueing from answer times
         self.latency = LatencyGauge(clock)
         self.learner = RateLearner(clock)
-        self.rpm = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
-        self.tpm = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
+        self.rpm: Bucket | None = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
+        self.tpm: Bucket | None = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
+        self.fleet_cap: int | None = None  # slots the fleet lets this process hold
+        self.shared_pace: Bucket | None = None  # a learnt pace the whole fleet keeps
+
+    @property
+    def wanted(self) -> int:
+        """The concurrency this process would use were it alone."""
+        n = max(self.floor, int(self.limit))
+        return n if self.cap is None else min(n, self.cap)
 
     @property
     def current(self) -> int:
-        n = max(self.floor, int(self.limit))
-        return n if self.cap is None else min(n, self.cap)
+        n = self.wanted
+        return n if self.fleet_cap is None else min(n, self.fleet_cap)
 
     @property
     def gated(self) -> bool:
@@ -86,6 +102,7 @@ class Limiter:
             self.rpm is not None
             or self.tpm is not None
             or self.learner.bucket is not None
+            or self.shared_pace is not None
             or self.paused_until > now
             or self.allowance_until > now
         )
@@ -107,7 +124,7 @@ class Limiter:
             wait = self.paused_until - now
             if wait <= 0 and self.allowance_until > now and self.allowance <= 0:
                 wait = self.allowance_until - now
-            if wait <= 0:
+            if wait <= 0 and self.shared_pace is None:
                 pace = self.learner.pace()
                 wait = pace.wait_for() if pace is not None else 0.0
                 if wait <= 0 and pace is not None:
@@ -117,6 +134,8 @@ class Limiter:
             await asyncio.sleep(wait)
         if self.allowance_until > self.clock():
             self.allowance -= 1
+        if self.shared_pace is not None:
+            await self.shared_pace.take()
         if self.rpm:
             await self.rpm.take()
         if self.tpm and tokens:
@@ -125,6 +144,12 @@ class Limiter:
     def set_cap(self, cap: int | None) -> None:
         before = self.current
         self.cap = cap
+        if self.current > before and self.on_grow is not None:
+            self.on_grow()
+
+    def set_fleet_cap(self, cap: int | None) -> None:
+        before = self.current
+        self.fleet_cap = cap
         if self.current > before and self.on_grow is not None:
             self.on_grow()
 

@@ -12,6 +12,7 @@ import logging
 
 from overnight.engine.breaker import Breaker
 from overnight.engine.deps import EngineDeps
+from overnight.engine.fleet import FleetLimits
 from overnight.engine.lane import ActiveBatch, Lane
 from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy
@@ -71,6 +72,19 @@ class Runner:
             yielder = YieldController(
                 max_share=route.max_share, queue_ahead=route.priority is not None
             )
+        fleet = None
+        if not local and not self.svc.store.single_process:
+            # A fleet on one database: the route's limits hold for all its workers.
+            fleet = FleetLimits(
+                self.svc.store.fleet,
+                key,
+                self.svc.owner,
+                limiter,
+                rpm=route.rpm,
+                tpm=route.tpm,
+                max_concurrency=route.max_concurrency,
+                clock=self.svc.clock,
+            )
         lane = Lane(
             key,
             backend,
@@ -85,6 +99,7 @@ class Runner:
             poll_interval=s.poll_interval,
             clock=self.svc.clock,
             yielder=yielder,
+            fleet=fleet,
         )
         lane.start()
         self.lanes[key] = lane

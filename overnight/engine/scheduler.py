@@ -163,7 +163,17 @@ class Scheduler:
                     await self._stop_when_quiet(batch, "expire", batch.expires_at)
                     continue
                 if batch.model is not None:
-                    runnable.append(ActiveBatch(batch.seq, batch.id, batch.endpoint, batch.model))
+                    runnable.append(
+                        ActiveBatch(
+                            batch.seq,
+                            batch.id,
+                            batch.endpoint,
+                            batch.model,
+                            remaining=batch.total - batch.completed - batch.failed,
+                            expires_at=batch.expires_at,
+                            priority=batch.priority,
+                        )
+                    )
                 if batch.completed + batch.failed >= batch.total:
                     pending, leased = await svc.store.ledger.open_count(batch.seq)
                     if pending == 0 and leased == 0:

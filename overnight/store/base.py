@@ -213,11 +213,20 @@ class FleetStore(Protocol):
         call replace the stored ones (a route's limit may change, a learnt one moves)."""
 
     async def lease_slots(
-        self, route: str, owner: str, want: int, limit: int, now: float, until: float
+        self,
+        route: str,
+        owner: str,
+        want: int,
+        limit: int,
+        now: float,
+        until: float,
+        in_use: int = 0,
     ) -> int:
         """Hold up to `want` of a route's `limit` concurrency slots until `until`; returns
         how many `owner` holds now, which may be fewer than before: a fair share when
-        others want slots too. Slots of owners whose lease ended before `now` are freed."""
+        others want slots too. Slots of owners whose lease ended before `now` are freed.
+        `in_use`: requests `owner` still has in flight; a grant cut below them is recorded
+        as `in_use` until they answer, so nobody is granted slots that are still busy."""
 
     async def release_slots(self, owner: str) -> None:
         """Give back every slot `owner` holds (a graceful stop)."""

@@ -40,17 +40,24 @@ class MemoryFleet:
         return got
 
     async def lease_slots(
-        self, route: str, owner: str, want: int, limit: int, now: float, until: float
+        self,
+        route: str,
+        owner: str,
+        want: int,
+        limit: int,
+        now: float,
+        until: float,
+        in_use: int = 0,
     ) -> int:
         leases = self.slots.setdefault(route, {})
         for dead in [o for o, lease in leases.items() if lease.expires_at < now]:
             del leases[dead]
         others = {o: (lease.held, lease.want) for o, lease in leases.items() if o != owner}
         held = lease_grant(owner, want, limit, others)
-        if held == 0 and want <= 0:
+        if held == 0 and want <= 0 and in_use <= 0:
             leases.pop(owner, None)
         else:
-            leases[owner] = _Lease(held, max(0, want), until)
+            leases[owner] = _Lease(max(held, in_use), max(0, want), until)
         return held
 
     async def release_slots(self, owner: str) -> None:

@@ -73,7 +73,14 @@ class SqlFleet:
             )
 
     async def lease_slots(
-        self, route: str, owner: str, want: int, limit: int, now: float, until: float
+        self,
+        route: str,
+        owner: str,
+        want: int,
+        limit: int,
+        now: float,
+        until: float,
+        in_use: int = 0,
     ) -> int:
         slots = fleet_slots.c
         async with self.engine.begin() as conn:
@@ -90,10 +97,10 @@ class SqlFleet:
             others = {r.owner: (int(r.held), int(r.want)) for r in rows}
             held = lease_grant(owner, want, limit, others)
             mine = (slots.route == route) & (slots.owner == owner)
-            if held == 0 and want <= 0:
+            if held == 0 and want <= 0 and in_use <= 0:
                 await conn.execute(delete(fleet_slots).where(mine))
                 return 0
-            values = {"held": held, "want": max(0, want), "expires_at": until}
+            values = {"held": max(held, in_use), "want": max(0, want), "expires_at": until}
             await conn.execute(
                 self._insert(fleet_slots)
                 .values(route=route, owner=owner, **values)

@@ -163,6 +163,18 @@ async def test_a_dead_owners_slots_free_up_and_release_gives_back(stores: list[S
     assert await a.lease_slots("r", "a", 10, 4, T0 + 8, T0 + 100) == 2
 
 
+async def test_slots_still_busy_are_not_granted_to_others(stores: list[Store]) -> None:
+    a, b, _ = (s.fleet for s in stores)
+    assert await a.lease_slots("r", "a", 10, LIMIT, T0, T0 + 100, in_use=0) == 10
+    assert await b.lease_slots("r", "b", 10, LIMIT, T0, T0 + 100) == 0
+    # a is cut to its share, but its 10 requests are still in flight: they stay held.
+    assert await a.lease_slots("r", "a", 10, LIMIT, T0 + 1, T0 + 100, in_use=10) == 5
+    assert await b.lease_slots("r", "b", 10, LIMIT, T0 + 1, T0 + 100) == 0
+    # Seven of them answered: b gets what that frees, and its share once a is down to it.
+    assert await a.lease_slots("r", "a", 10, LIMIT, T0 + 2, T0 + 100, in_use=3) == 5
+    assert await b.lease_slots("r", "b", 10, LIMIT, T0 + 2, T0 + 100) == 5
+
+
 async def test_owners_joining_at_once_never_exceed_the_limit(stores: list[Store]) -> None:
     """Six workers ask at the same moment: without the route's lock each would count the
     same free slots (a holding 2 leaves 8, which each of them would take)."""
