@@ -1,6 +1,8 @@
-"""Rate limits: a stub that allows 600 requests/minute; overnight is not told the limit.
+"""Rate limits: a stub that allows --rpm requests per --window seconds (sliding), with
+OpenAI's x-ratelimit-* headers; overnight is not told the limit.
 
-    .venv/bin/python bench/bench_ratelimit.py [--requests 1000] [--rpm 600]
+    .venv/bin/python bench/bench_ratelimit.py [--requests 1000] [--rpm 600] [--window 60]
+    .venv/bin/python bench/bench_ratelimit.py --rpm 50 --window 1   # 50 requests a second
 
 Reports the time from batch create to completed against the ideal N / limit, and
 how many requests the upstream refused with 429 on the way.
@@ -24,11 +26,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--latency", type=float, default=0.05)
     args = parser.parse_args()
     n = args.requests
     print(f"machine: {machine()}")
-    with StubProcess(StubConfig(rpm=args.rpm, latency=args.latency)) as stub:
+    stub_config = StubConfig(rpm=args.rpm, rate_window=args.window, latency=args.latency)
+    with StubProcess(stub_config) as stub:
         with tempfile.TemporaryDirectory() as tmp:
             env = {"OVERNIGHT_UPSTREAM_URL": stub.url}
             with OvernightProcess(f"{tmp}/data", env=env) as server:
@@ -37,13 +41,14 @@ def main() -> None:
         with urllib.request.urlopen(f"{stub.base_url}/_stats") as resp:
             stats = json.load(resp)
     assert batch.status == "completed" and batch.request_counts.completed == n, batch  # type: ignore[attr-defined]
-    ideal = n / args.rpm * 60
+    ideal = n / args.rpm * args.window
     refused = stats["by_status"].get("429", 0)
     print(
-        f"requests: {n}, upstream limit: {args.rpm}/min (sliding 60 s window), "
+        f"requests: {n}, upstream limit: {args.rpm} per {args.window:g} s (sliding window), "
         f"latency {args.latency}s"
     )
     print(f"ideal N/limit: {ideal:.1f} s; overnight: {took:.1f} s; ratio {took / ideal:.2f}")
+    print(f"throughput: {n / took:.1f} req/s = {ideal / took:.2f} of the limit")
     print(f"429s received: {refused} ({refused / n:.1%} of requests)")
 
 

@@ -283,7 +283,6 @@ class Lane:
                     exc.retry_after,
                     exc.response.headers if exc.response else None,
                     ticket=ticket,
-                    rate_limited=exc.code == "rate_limited",
                     timed_out=exc.code == "request_timeout",
                 )
             elif exc.retry_after is not None:

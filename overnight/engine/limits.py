@@ -187,7 +187,6 @@ class Limiter:
                 self._successes = 0
                 self._grow()
         if headers is not None:
-            self.learner.accepted(headers)
             self._read_headers(headers, ticket)
 
     def on_overload(
@@ -197,7 +196,6 @@ class Limiter:
         sent_epoch: int | None = None,
         *,
         ticket: Ticket | None = None,
-        rate_limited: bool = False,
         timed_out: bool = False,
     ) -> None:
         """A 429, 503 or timeout: shrink once per window, and pause if told to."""
@@ -211,8 +209,6 @@ class Limiter:
             self._decrease(min(self.limit, self.outstanding + 1) * 0.5, ticket)
         else:
             self._decrease(self.limit * 0.7, ticket)
-        if rate_limited:
-            self.learner.refused(headers)
         if retry_after is not None:
             self.pause(retry_after)
         if headers is not None:
@@ -240,6 +236,8 @@ class Limiter:
                 # The upstream counted up to this request; those sent after it are
                 # not in its count yet.
                 self._told_seq = seq
+                if self.learner.told(headers, self.sent - seq):
+                    continue  # a budget with a refill rate: the learnt pace keeps it
                 self.allowance = int(left) - (self.sent - seq)
                 self.allowance_until = self.clock() + min(reset, MAX_RESET)
             if left <= 0:

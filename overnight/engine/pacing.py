@@ -18,7 +18,7 @@ from typing import Any
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 # Paced this far under a limit learnt from the upstream: its clock and ours disagree a
 # little, and a request on the edge of its window is refused.
-MARGIN = 0.97
+MARGIN = 0.985
 # How long a learnt limit is trusted without a fresh sign of it; then probing resumes.
 LEARNT_TTL = 120.0
 MAX_RESET = 300.0
@@ -75,6 +75,19 @@ class TokenBucket:
         self.spend(amount)
 
 
+_WINDOWS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
+
+
+def _whole_window(seconds: float) -> float:
+    """The window an exhausted limit's reset belongs to. Rate limits are counted over
+    whole seconds or minutes; a reset seen just after the newest use (0.976 s) is a
+    little short of its window (1 s), and the rate it implies a little high."""
+    for window in _WINDOWS:
+        if seconds <= window * 1.001:
+            return float(window) if seconds > window * 0.8 else seconds
+    return seconds
+
+
 def told_rate(headers: Any, kind: str = "requests") -> float | None:
     """The rate (per second) an upstream's `x-ratelimit-*` headers imply, if they do.
 
@@ -94,49 +107,66 @@ def told_rate(headers: Any, kind: str = "requests") -> float | None:
 
 
 class RateLearner:
-    """What an upstream's request rate limit is, as its `x-ratelimit-*` headers tell it.
+    """An upstream's request budget as its `x-ratelimit-*` headers tell it, kept as a
+    token bucket: the refill rate is the one the headers imply (a little under), it
+    starts from what the upstream says remains (less what was sent after that
+    request), and bursts are small. So requests go at the upstream's pace
+    and wait for its refill, not for a whole reset, once it has no room.
 
-    Learnt when the window is nearly spent or a 429 comes (then the rate the headers
-    imply is the limit, not merely overnight's own pace). A 429 without those headers
-    says nothing about a rate (it may be a concurrency limit, which AIMD finds), so it
-    teaches nothing here. A learnt pace expires after LEARNT_TTL without a new sign of
-    the limit, so a raised limit is found again.
+    A 429 or an answer without those headers teaches nothing here (a 429 may be a
+    concurrency limit, which AIMD finds). Without a new header for LEARNT_TTL the
+    budget is forgotten, so a raised limit is found again.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.rate: float | None = None  # requests a second
+        self.rate: float | None = None  # the upstream's refill, requests a second
+        self._exact = False  # `rate` was measured at exhaustion
         self.learnt_at = 0.0
         self.bucket: TokenBucket | None = None
 
-    def accepted(self, headers: Any) -> None:
-        if self._exhausted(headers):
-            self.refused(headers)
-
-    @staticmethod
-    def _exhausted(headers: Any) -> bool:
+    def told(self, headers: Any, sent_since: int = 0) -> bool:
+        """Read an answer's headers; `sent_since`: requests sent after it. True once
+        the pace keeps the budget; False before (the caller then treats `remaining` as
+        an allowance until the reset, and pauses when none is left)."""
         try:
-            limit = float(headers.get("x-ratelimit-limit-requests"))
-            remaining = float(headers.get("x-ratelimit-remaining-requests"))
-        except (TypeError, ValueError):
+            limit = float(headers.get("x-ratelimit-limit-requests") or "nan")
+            remaining = float(headers.get("x-ratelimit-remaining-requests") or "nan")
+        except ValueError:
             return False
-        return remaining <= max(1.0, 0.1 * limit)
-
-    def refused(self, headers: Any = None) -> None:
-        told = told_rate(headers) if headers is not None else None
-        if told is not None:
-            self.learn(told)
-
-    def learn(self, rate: float) -> None:
-        self.learnt_at = self.clock()
-        if self.rate is not None and abs(rate - self.rate) < 0.02 * self.rate:
-            return
-        self.rate = rate
-        per_second = rate * MARGIN
-        # A burst of one tenth of a second's worth: smooth, yet a gap is made up.
-        self.bucket = TokenBucket(per_second * 60, max(1.0, per_second / 10), self.clock)
+        if not (limit > 0 and remaining >= 0):
+            return False  # absent, or Azure's -1 for "not known"
+        rate = told_rate(headers)
+        # A token bucket's headers give its refill rate at any level; a sliding window's
+        # only once exhausted (far from it they measure overnight's own pace), as
+        # limit / (window - age of its newest use): at least the true rate, so the least
+        # of those is the best.
+        if rate is not None and remaining < 1:
+            rate = limit / _whole_window(limit / rate)
+            self.rate = rate if not self._exact or self.rate is None else min(self.rate, rate)
+            self._exact = True
+        if self.rate is None or not self._exact:
+            # Not yet seen exhausted: nothing to pace to. A 429 or an answer with none
+            # left will tell the limit; until then AIMD and the reset pause go on.
+            return False
+        now = self.clock()
+        self.learnt_at = now
+        # Bursts within the margin: paced at MARGIN of the rate, any window of the
+        # upstream's then holds less than its limit, a sliding window's as a bucket's.
+        burst = max(1.5, limit * (1 - MARGIN) / 2)
+        if self.bucket is None:
+            self.bucket = TokenBucket(self.rate * MARGIN * 60, burst, self.clock)
+            # Start from what the upstream says is left; from then on the pace keeps
+            # the count (a sliding window's `remaining` hovers near 0 at full pace while
+            # it frees a use every 1/rate s, so following it would hold back).
+            self.bucket.level = min(burst, remaining - sent_since)
+        bucket = self.bucket
+        bucket.wait_for()  # refilled up to now, at the old rate
+        bucket.rate = self.rate * MARGIN
+        bucket.capacity = burst
+        return True
 
     def pace(self) -> TokenBucket | None:
         if self.bucket is not None and self.clock() - self.learnt_at > LEARNT_TTL:
-            self.bucket, self.rate = None, None
+            self.bucket, self.rate, self._exact = None, None, False
         return self.bucket

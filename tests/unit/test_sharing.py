@@ -9,7 +9,7 @@ from overnight.backends.load import Load, add, parse_metrics, parse_slots
 from overnight.backends.openai_http import OpenAIHTTPBackend
 from overnight.engine.latency import LatencyGauge
 from overnight.engine.limits import Limiter
-from overnight.engine.pacing import RateLearner, told_rate
+from overnight.engine.pacing import MARGIN, RateLearner, told_rate
 from overnight.engine.yielding import YieldController
 
 
@@ -199,8 +199,7 @@ def test_allowance_counts_what_was_sent_after_the_answer_that_told_it() -> None:
     lim = Limiter(initial=16, ceiling=64, clock=clock)
     first = lim.ticket()
     later = [lim.ticket() for _ in range(5)]  # five more sent before the first answers
-    headers = {
-        "x-ratelimit-limit-requests": "50",
+    headers = {  # no limit header: the remaining count is an allowance until the reset
         "x-ratelimit-remaining-requests": "8",
         "x-ratelimit-reset-requests": "1s",
     }
@@ -226,34 +225,52 @@ def test_told_rate_follows_openais_reset_meaning() -> None:
     assert told_rate({}) is None
 
 
-def test_a_429_with_headers_sets_a_pace_under_the_limit_that_expires() -> None:
+def test_headers_keep_a_budget_that_refills_at_the_told_rate_and_expires() -> None:
     clock = Clock()
     learner = RateLearner(clock)
-    learner.refused({"retry-after": "1"})  # no x-ratelimit headers: nothing learnt
+    assert not learner.told({"retry-after": "1"})  # no x-ratelimit headers: nothing learnt
+    assert not learner.told({"x-ratelimit-limit-requests": "-1"})  # Azure: not known
     assert learner.pace() is None
-    learner.refused(
-        {
-            "x-ratelimit-limit-requests": "50",
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": "1s",
-        }
-    )
+    told = {
+        "x-ratelimit-limit-requests": "50",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    assert learner.told(told, sent_since=3)  # three more went out after that answer
     pace = learner.pace()
-    assert pace is not None and pace.rate == pytest.approx(50 * 0.97)
+    assert pace is not None and pace.rate == pytest.approx(50 * MARGIN)
+    assert pace.wait_for() == pytest.approx(4 / (50 * MARGIN))  # back to one token
+    # The pace keeps its own count from then on: it refills at the pace, up to a burst
+    # within the margin (at least 1.5).
+    clock.t += 1.0
+    learner.told(dict(told, **{"x-ratelimit-remaining-requests": "20"}))
+    assert pace.wait_for() == 0 and pace.level == 1.5
     clock.t += 121
     assert learner.pace() is None
 
 
-async def test_the_learnt_pace_spaces_requests() -> None:
+async def test_the_limiter_paces_once_the_upstream_has_said_its_limit() -> None:
     clock = Clock()
     lim = Limiter(clock=clock)
-    lim.learner.learn(10.0)  # 9.7 a second
-    assert lim.gated
+    told = {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "4",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    first = lim.ticket()
+    lim.finished()
+    lim.on_success(told, first)
+    # Not exhausted yet: a sliding window's headers say nothing of its rate here, so
+    # the remaining count is an allowance until the reset.
+    assert lim.learner.pace() is None and lim.allowance == 4
+    second = lim.ticket()
+    lim.finished()
+    lim.on_success(dict(told, **{"x-ratelimit-remaining-requests": "0"}), second)
     pace = lim.learner.pace()
-    assert pace is not None
-    pace.spend(pace.capacity)
-    assert pace.wait_for() == pytest.approx(1 / 9.7)
-    clock.t += 1 / 9.7
+    assert pace is not None and pace.rate == pytest.approx(10 * MARGIN)
+    assert lim.gated
+    assert pace.wait_for() == pytest.approx(1 / (10 * MARGIN))  # none left: the refill
+    clock.t += 1 / (10 * MARGIN)
     await lim.gate()  # due now: no wait
 
 

@@ -31,6 +31,15 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX tiles (Linux reports them in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
+
+
 class LocalModelUnavailable(UpstreamError):
     """The embedded model cannot run here: its engine or its weights are missing."""
 
@@ -102,6 +111,11 @@ class LocalModel:
             raise LocalModelUnavailable(f"GGUF model file not found: {path}")
         self.path = path
         params = llama_cpp.llama_model_default_params()
+        if cpu_has_amx():
+            # llama.cpp's AMX matmul loads a tile configuration it left half unset and
+            # faults on any decode of more than one token (ggml-org/llama.cpp#20824,
+            # fix in PR #26954). Without the extra buffer types it is never used.
+            params.use_extra_bufts = False
         self.model = llama_cpp.llama_model_load_from_file(path.encode(), params)
         if not self.model:
             raise LocalModelUnavailable(f"llama.cpp could not load the GGUF file {path}")
