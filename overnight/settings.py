@@ -88,6 +88,7 @@ class Route:
     max_share: float = 1.0  # of the upstream's capacity, at most, when it is known
     priority: int | None = None  # sent as the body's `priority` (vLLM, SGLang)
     metrics_url: str | None = None  # where the load signal is read; default: the origin's
+    load_interval: float = 0.1  # seconds between readings of it
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -189,6 +190,7 @@ _ROUTE_KEYS = {
     "max_share",
     "priority",
     "metrics_url",
+    "load_interval",
 }
 
 
@@ -227,6 +229,13 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
             isinstance(metrics_url, str) and metrics_url.startswith(("http://", "https://"))
         ):
             raise ConfigError(f'{where} metrics_url must be "http(s)://host:port/metrics"')
+        load_interval = spec.get("load_interval", 0.1)
+        if (
+            not isinstance(load_interval, int | float)
+            or isinstance(load_interval, bool)
+            or not 0.01 <= load_interval <= 60
+        ):
+            raise ConfigError(f"{where} load_interval must be seconds from 0.01 to 60")
         routes.append(
             Route(
                 name=name,
@@ -245,6 +254,7 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
                 max_share=float(max_share),
                 priority=priority,
                 metrics_url=metrics_url,
+                load_interval=float(load_interval),
             )
         )
     return tuple(routes)

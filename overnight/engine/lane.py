@@ -58,7 +58,7 @@ class Item:
 
 
 RATE_SPAN = 10.0
-LOAD_INTERVAL = 0.25  # seconds between readings of the upstream's load signal
+LOAD_INTERVAL = 0.1  # seconds between readings of the upstream's load signal
 
 
 def estimate_tokens(body: bytes) -> int:
@@ -233,6 +233,11 @@ class Lane:
             try:
                 if limiter.gated:
                     await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
+                if limiter.cap is not None:
+                    await limiter.space()
+                    if index >= limiter.current:
+                        self.queue.put_nowait(item)  # the upstream filled meanwhile: not now
+                        continue
                 if item.batch.seq not in self.batches or self.draining:
                     # Stopped (cancel, expiry, shutdown) while waiting: never sent.
                     await self.ledger.release(self.owner, [item.req.id])

@@ -69,9 +69,7 @@ class Runner:
         )
         yielder = None
         if not local and route.yield_mode == "auto":
-            yielder = YieldController(
-                max_share=route.max_share, queue_ahead=route.priority is not None
-            )
+            yielder = YieldController(max_share=route.max_share)
         fleet = None
         if not local and not self.svc.store.single_process:
             # A fleet on one database: the route's limits hold for all its workers.
@@ -99,6 +97,7 @@ class Runner:
             poll_interval=s.poll_interval,
             clock=self.svc.clock,
             yielder=yielder,
+            load_interval=route.load_interval,
             fleet=fleet,
         )
         lane.start()

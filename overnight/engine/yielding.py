@@ -1,11 +1,12 @@
 """Giving way to interactive users of a shared model server, from what the server says.
 
-Requests in the server that are not overnight's are the interactive load. When
-some of them wait in the server's queue, overnight's concurrency drops at once by
-the length of that queue (a request already sent cannot be taken back, so only
-what comes next is held). Otherwise overnight fills what the server has spare,
-keeping a reserve of slots free for the next interactive arrivals while there
-are interactive users (a FIFO server makes an arrival wait for a free slot).
+Requests in the server that are not overnight's are the interactive load.
+overnight may have in the server what it can hold less the others and a reserve
+of free slots for the next interactive arrivals (while there are interactive
+users: a FIFO server makes an arrival wait for a free slot). So when others
+queue, overnight's concurrency drops at once by that queue and the reserve (a
+request already sent cannot be taken back: only what comes next is held), and
+when the server has room, overnight fills it.
 
 The server's capacity is learnt, not configured: whenever it queues (or its
 cache is full), what it runs is what it can run.
@@ -30,14 +31,9 @@ class YieldController:
         self,
         *,
         max_share: float = 1.0,
-        queue_ahead: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`queue_ahead`: the server schedules by priority and overnight's requests are
-        sent at background priority, so some may wait in its queue without delaying
-        anyone (they keep the server full the moment a slot frees)."""
         self.max_share = max_share
-        self.queue_ahead = queue_ahead
         self.clock = clock
         self.capacity: float | None = None
         self.foreign_seen = -math.inf
@@ -61,10 +57,8 @@ class YieldController:
         reserve = 0.0
         if now - self.foreign_seen < RECENT:
             reserve = max(1.0, RESERVE * capacity)
-        ahead = max(1.0, capacity / 4) if self.queue_ahead else 0.0
-        room = capacity - foreign - reserve + ahead
-        if load.waiting > 0 and foreign >= 1 and not self.queue_ahead:
-            # Someone else may be waiting behind overnight's requests: shrink now.
-            room = min(room, load.ours - load.waiting)
-        share = math.floor(self.max_share * capacity + ahead)
+        # Saturated, this is what overnight has running less the queue and the reserve:
+        # a queue of others makes it drop at once by that much.
+        room = capacity - foreign - reserve
+        share = math.floor(self.max_share * capacity)
         return max(0, min(math.floor(room), share))

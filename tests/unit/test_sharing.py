@@ -109,14 +109,6 @@ def test_yield_never_goes_past_max_share_and_can_hold_everything_back() -> None:
     assert y.cap(Load("vllm", running=8, waiting=5, ours=2)) == 0
 
 
-def test_yield_with_priority_scheduling_keeps_a_few_queued_behind_others() -> None:
-    y = YieldController(queue_ahead=True, clock=Clock())
-    assert y.cap(Load("vllm", running=8, waiting=4, ours=12)) == 8 + 2
-    # Interactive arrivals are scheduled first there: overnight's queue does not delay
-    # them, so it is not cut by the queue's length.
-    assert y.cap(Load("vllm", running=8, waiting=2, ours=8)) == int(8 - 2 - 1.2 + 2)
-
-
 def test_a_full_cache_is_saturation_too() -> None:
     y = YieldController(clock=Clock())
     assert y.cap(Load("vllm", running=20, waiting=0, cache_usage=0.97, ours=20)) == 20
