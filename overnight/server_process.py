@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,28 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
     env.update(extra or {})
     return env
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    probe_url: str,
+    timeout: float,
+    log: Callable[[], str],
+    name: str,
+) -> None:
+    """Until `probe_url` answers 200; raises with the child's log if it exits or is late."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early ({process.returncode}):\n{log()}")
+        try:
+            with urllib.request.urlopen(probe_url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not become ready:\n{log()}")
 
 
 class OvernightProcess:
@@ -68,19 +91,8 @@ class OvernightProcess:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"overnight exited early:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"overnight did not become ready:\n{self.log()}")
+        assert self.process is not None
+        wait_ready(self.process, f"{self.url}/healthz", timeout, self.log, "overnight")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

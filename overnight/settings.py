@@ -194,6 +194,11 @@ _ROUTE_KEYS = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    """A TOML integer or float (TOML's booleans are ints to Python)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, ...]:
     routes = []
     for name, spec, where in named_tables(doc, "models", _ROUTE_KEYS, "a table of model names"):
@@ -212,11 +217,7 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
         if yield_mode not in ("auto", "off"):
             raise ConfigError(f'{where} yield must be "auto" or "off", not {yield_mode!r}')
         max_share = spec.get("max_share", 1.0)
-        if (
-            not isinstance(max_share, int | float)
-            or isinstance(max_share, bool)
-            or not 0 < max_share <= 1
-        ):
+        if not _is_number(max_share) or not 0 < max_share <= 1:
             raise ConfigError(f"{where} max_share must be a fraction in (0, 1], e.g. 0.5")
         priority = spec.get("priority")
         if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
@@ -230,11 +231,7 @@ def _routes_from_toml(doc: dict[str, Any], env: dict[str, str]) -> tuple[Route, 
         ):
             raise ConfigError(f'{where} metrics_url must be "http(s)://host:port/metrics"')
         load_interval = spec.get("load_interval", 0.1)
-        if (
-            not isinstance(load_interval, int | float)
-            or isinstance(load_interval, bool)
-            or not 0.01 <= load_interval <= 60
-        ):
+        if not _is_number(load_interval) or not 0.01 <= load_interval <= 60:
             raise ConfigError(f"{where} load_interval must be seconds from 0.01 to 60")
         routes.append(
             Route(

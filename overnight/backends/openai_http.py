@@ -16,10 +16,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
-from overnight.backends import load as load_signal
 from overnight.backends.base import Backend, Response, TransientError, UnusableAnswer
 from overnight.backends.http1 import ConnectFailed, ConnectionPool, ProtocolError
-from overnight.backends.load import Load
+from overnight.backends.load import Load, add
 from overnight.backends.load_reader import LoadReader
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524})
@@ -124,7 +123,7 @@ class OpenAIHTTPBackend(Backend):
             got = await reader.read()
             if got is not None:
                 got = Load(got.kind, got.running, got.waiting, got.cache_usage, ours)
-            total = load_signal.add(total, got)
+            total = add(total, got)
         return total
 
     def describe(self) -> str:

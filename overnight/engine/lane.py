@@ -233,11 +233,9 @@ class Lane:
             try:
                 if limiter.gated:
                     await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
-                if limiter.cap is not None:
-                    await limiter.space()
-                    if index >= limiter.current:
-                        self.queue.put_nowait(item)  # the upstream filled meanwhile: not now
-                        continue
+                if limiter.cap is not None and index >= limiter.current:
+                    self.queue.put_nowait(item)  # the upstream filled meanwhile: not now
+                    continue
                 if item.batch.seq not in self.batches or self.draining:
                     # Stopped (cancel, expiry, shutdown) while waiting: never sent.
                     await self.ledger.release(self.owner, [item.req.id])

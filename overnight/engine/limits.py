@@ -77,8 +77,6 @@ class Limiter:
         self.cap: int | None = None  # from the upstream's own load signal
         self.use_latency = False  # no load signal: read queueing from answer times
         self.latency = LatencyGauge(clock)
-        self.rtt: float | None = None  # seconds an answer takes, smoothed
-        self._next_send = 0.0  # spaced sends (`space`): the earliest the next may go
         self.learner = RateLearner(clock)
         self.rpm: Bucket | None = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
         self.tpm: Bucket | None = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
@@ -143,19 +141,6 @@ class Limiter:
         if self.tpm and tokens:
             await self.tpm.take(tokens)
 
-    async def space(self) -> None:
-        """Sends spread evenly over a round trip while bounded by the upstream's load:
-        answers then come evenly too, so a slot held back for interactive users, once
-        taken, is followed by a free one within rtt / concurrency, not after a bunch."""
-        if self.cap is None or self.rtt is None:
-            return
-        now = self.clock()
-        gap = self.rtt / max(1, self.current)
-        at = max(now, self._next_send)
-        self._next_send = at + gap
-        if at > now:
-            await asyncio.sleep(at - now)
-
     def set_cap(self, cap: int | None) -> None:
         before = self.current
         self.cap = cap
@@ -186,9 +171,11 @@ class Limiter:
         """An answer; `units`: tokens it generated, so time per request compares fairly."""
         hold = False
         if ticket is not None:
-            # `finished` came first: this request was in flight too.
-            self.latency.add(self.clock() - ticket.started, units, self.outstanding + 1)
-            verdict = self.latency.verdict() if self.use_latency else None
+            verdict = None
+            if self.use_latency:  # only then: every answer passes here
+                # `finished` came first: this request was in flight too.
+                self.latency.add(self.clock() - ticket.started, units, self.outstanding + 1)
+                verdict = self.latency.verdict()
             if verdict is not None and verdict.queued:
                 self._decrease(max(verdict.target(), self.limit * 0.5), None)
             hold = verdict is not None and verdict.hold

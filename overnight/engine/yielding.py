@@ -37,12 +37,10 @@ class YieldController:
         self.clock = clock
         self.capacity: float | None = None
         self.foreign_seen = -math.inf
-        self.last: Load | None = None
 
     def cap(self, load: Load) -> int | None:
         """How many requests overnight may have in the server now; None: no bound known
         yet (the server never queued), so concurrency grows as without a signal."""
-        self.last = load
         now = self.clock()
         foreign = load.foreign
         if foreign >= 1:

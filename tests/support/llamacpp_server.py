@@ -28,7 +28,7 @@ from typing import IO
 import httpx
 import pytest
 
-from overnight.server_process import clean_env, free_port
+from overnight.server_process import clean_env, free_port, wait_ready
 
 MODEL_ALIAS = "smollm2"
 
@@ -117,20 +117,8 @@ class LlamaCppServer:
         self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"llama_cpp.server exited early ({self.process.returncode}):\n{self.log()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"llama_cpp.server did not become ready:\n{self.log()}")
+        assert self.process is not None
+        wait_ready(self.process, f"{self.url}/models", timeout, self.log, "llama_cpp.server")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
