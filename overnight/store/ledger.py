@@ -197,6 +197,15 @@ class Ledger:
                 .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
             )
 
+    async def release_owned(self, owner: str) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(requests)
+                .where(requests.c.state == RequestState.LEASED, requests.c.lease_owner == owner)
+                .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
     async def renew(self, owner: str, lease_until: float) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

@@ -115,6 +115,9 @@ class MemoryLedger:
     async def release(self, owner: str, ids: Sequence[int]) -> None:
         self._release((self.rows[i] for i in ids if i in self.rows), owner)
 
+    async def release_owned(self, owner: str) -> int:
+        return self._release(self.rows.values(), owner)
+
     async def renew(self, owner: str, lease_until: float) -> None:
         for r in self.rows.values():
             if r.state == LEASED and r.lease_owner == owner:

@@ -190,6 +190,9 @@ async def test_the_ledger_leases_and_records_once(store: Store) -> None:
     assert await store.ledger.reclaim_expired(T0 + 150) == 3
     again = await store.ledger.claim(seq, "w3", 10, T0 + 200)
     assert [c.line for c in again] == [3, 4, 5, 6]
+    assert await store.ledger.release_owned("w2") == 0  # w3 holds them now
+    assert await store.ledger.release_owned("w3") == 4
+    await store.ledger.claim(seq, "w3", 10, T0 + 200)
     assert await store.ledger.release_all() == 4
     counts, usage = await store.ledger.counts(seq)
     assert (counts.total, counts.completed, counts.failed, counts.open, counts.leased) == (
