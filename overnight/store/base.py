@@ -122,6 +122,12 @@ class BatchStore(Protocol):
         self, project: str, *, limit: int, after: str | None
     ) -> tuple[list[Batch], bool]: ...
     async def count_open(self, project: str) -> int: ...
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        """The project's batches that name any of `file_ids` as input, output or error file,
+        newest first, at most `limit`."""
+
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""
 

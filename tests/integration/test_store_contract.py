@@ -129,6 +129,21 @@ async def test_batches_page_newest_first_and_count_open(store: Store) -> None:
     assert [x.id for x in await store.batches.active()][:2] == ids[:2]
 
 
+async def test_batches_using_files_newest_first_within_the_project(store: Store) -> None:
+    first = batch(input_file_id="file-a")
+    second = batch(input_file_id="file-a", output_file_id="file-o", error_file_id="file-e")
+    third = batch(input_file_id="file-b")
+    for b in (first, second, third, batch(project="q", input_file_id="file-a")):
+        await store.batches.add(b)
+    found = await store.batches.using_files("p", ["file-a"])
+    assert [b.id for b in found] == [second.id, first.id]
+    found = await store.batches.using_files("p", ["file-e", "file-b", "file-none"])
+    assert [b.id for b in found] == [third.id, second.id]
+    assert [b.id for b in await store.batches.using_files("p", ["file-a"], limit=1)] == [second.id]
+    assert await store.batches.using_files("p", []) == []
+    assert await store.batches.using_files("q", ["file-o"]) == []
+
+
 async def test_finish_closes_once_with_its_files(store: Store) -> None:
     b = batch(status=BatchStatus.FINALIZING)
     await store.batches.add(b)
