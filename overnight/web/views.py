@@ -1,9 +1,11 @@
 """What the dashboard shows about a batch: progress, throughput, ETA, cost, timeline.
 
 The same plain dicts feed the HTML templates and the dashboard's JSON endpoints.
-Progress over time is sampled in memory whenever a page or the JSON is read
-(the ledger keeps no per-request timestamps); between samples, and before the
-first one, the chart draws a straight line from the batch's own timestamps.
+Current throughput comes from the ledger (requests finished in the last minute,
+by their `finished_at`), so it and the ETA are right the moment a page opens.
+The chart's curve is sampled in memory whenever a page or the JSON is read;
+between samples, and before the first one, it draws a straight line from the
+batch's own timestamps.
 """
 
 from __future__ import annotations
@@ -58,38 +60,54 @@ class ProgressHistory:
     def samples(self, batch_id: str) -> list[tuple[float, int]]:
         return list(self._samples.get(batch_id, ()))
 
-    def rate(self, batch: Batch, t: float) -> float | None:
-        """Requests finished per second: over the last minute if sampled, else on average."""
-        samples = self._samples.get(batch.id)
-        done = batch.completed + batch.failed
-        if samples:
-            recent = [s for s in samples if t - s[0] <= RATE_WINDOW]
-            if len(recent) >= 2 and recent[-1][0] - recent[0][0] >= 2.0:
-                return max(0.0, (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0]))
-        start = batch.in_progress_at
-        if start is None or done == 0:
-            return None
-        end = batch.finalizing_at or _ended_at(batch) or t
-        return done / max(end - start, 1.0)
-
 
 def _ended_at(b: Batch) -> int | None:
     return b.completed_at or b.failed_at or b.expired_at or b.cancelled_at
 
 
-def batch_view(b: Batch, history: ProgressHistory, prices: tuple[Price, ...]) -> dict[str, Any]:
-    t = time.time()
-    history.record(b, t)
+def rate(b: Batch, recent: int | None, t: float) -> float | None:
+    """Requests finished per second: `recent` (finished in the last RATE_WINDOW seconds,
+    from the ledger) while the batch runs; the average over its run once it has ended."""
+    start = b.in_progress_at
+    if start is None:
+        return None
+    if b.status == BatchStatus.IN_PROGRESS and recent is not None:
+        return recent / min(RATE_WINDOW, max(t - start, 1.0))
+    done = b.completed + b.failed
+    if done == 0:
+        return None
+    end = b.finalizing_at or _ended_at(b) or t
+    return done / max(end - start, 1.0)
+
+
+def badge(b: Batch) -> tuple[str, str]:
+    """The status badge's colour class and words: a batch whose every request failed
+    is `completed` to the API, but nothing about it is green."""
+    if b.status == BatchStatus.COMPLETED and b.failed:
+        if not b.completed:
+            return "s-all_failed", "completed · all failed"
+        return "s-some_failed", "completed · some failed"
+    return f"s-{b.status}", str(b.status).replace("_", " ")
+
+
+def batch_view(
+    b: Batch, prices: tuple[Price, ...], recent: int | None = None, t: float | None = None
+) -> dict[str, Any]:
+    """`recent`: requests of `b` finished in the last RATE_WINDOW seconds (ledger)."""
+    t = time.time() if t is None else t
     done = b.completed + b.failed
     total = b.total
-    rate = history.rate(b, t)
+    r = rate(b, recent, t)
     eta = None
-    if b.status == BatchStatus.IN_PROGRESS and rate and total > done:
-        eta = (total - done) / rate
+    if b.status == BatchStatus.IN_PROGRESS and r and total > done:
+        eta = (total - done) / r
     usage = b.usage
+    badge_class, badge_label = badge(b)
     return {
         "id": b.id,
         "status": b.status,
+        "badge": badge_class,
+        "badge_label": badge_label,
         "terminal": BatchStatus(b.status).terminal,
         "endpoint": b.endpoint_spelling or b.endpoint,
         "model": b.model,
@@ -108,7 +126,7 @@ def batch_view(b: Batch, history: ProgressHistory, prices: tuple[Price, ...]) ->
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "rate": round(rate, 3) if rate is not None else None,
+        "rate": round(r, 3) if r is not None else None,
         "eta_seconds": round(eta, 1) if eta is not None else None,
         "estimated_cost": estimate(prices, b.model, usage),
         "metadata": b.metadata or {},
@@ -130,7 +148,8 @@ def progress_points(b: Batch, history: ProgressHistory) -> list[tuple[float, int
     end = b.finalizing_at or _ended_at(b)
     done = b.completed + b.failed
     if end is not None and b.in_progress_at is not None:
-        points.append((float(max(end, b.in_progress_at)), done))
+        # Batch times are whole seconds, samples are not: the end is never before a sample.
+        points.append((max(float(end), points[-1][0]), done))
     elif b.status == BatchStatus.IN_PROGRESS:
         points.append((time.time(), done))
     return points
