@@ -111,14 +111,26 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
 # --- data -------------------------------------------------------------------------------
 
 
+def _recent_counts(request: Request) -> views.RecentCounts:
+    counts = getattr(request.app.state, "recent_counts", None)
+    if counts is None:
+        counts = request.app.state.recent_counts = views.RecentCounts()
+    return counts
+
+
 async def _view(request: Request, b: Batch, t: float) -> dict[str, Any]:
     """The batch as the pages show it, its current throughput counted in the ledger."""
     svc = _svc(request)
     _history(request).record(b, t)
-    recent = None
-    if b.status == BatchStatus.IN_PROGRESS:
-        recent = await svc.store.ledger.finished_since(b.seq, t - views.RATE_WINDOW)
-    return views.batch_view(b, svc.settings.prices, recent, t)
+    if b.status != BatchStatus.IN_PROGRESS:
+        return views.batch_view(b, svc.settings.prices, None, t)
+    counts = _recent_counts(request)
+    hit = counts.get(b.id, t)
+    if hit is None:
+        hit = (t, await svc.store.ledger.finished_since(b.seq, t - views.RATE_WINDOW))
+        counts.put(b.id, *hit)
+    counted_at, recent = hit
+    return views.batch_view(b, svc.settings.prices, recent, counted_at)
 
 
 async def _list(request: Request, project: str, after: str | None) -> dict[str, Any]:

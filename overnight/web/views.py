@@ -22,6 +22,7 @@ from overnight.models import Batch, BatchStatus
 SAMPLE_EVERY = 1.0  # seconds between kept samples of one batch
 MAX_SAMPLES = 720
 RATE_WINDOW = 60.0  # recent throughput is measured over this many seconds
+RATE_REUSE = 5.0  # one ledger count per running batch in this many seconds, however many watch
 MIN_CHART_SPAN = 2.0  # a batch done faster than this has nothing to chart
 
 TIMELINE = (
@@ -59,6 +60,27 @@ class ProgressHistory:
 
     def samples(self, batch_id: str) -> list[tuple[float, int]]:
         return list(self._samples.get(batch_id, ()))
+
+
+class RecentCounts:
+    """Each running batch's last count of requests finished in the last minute, and when.
+
+    The count reads every finished row of the batch (about 70 ms for 200,000 rows on
+    SQLite); pages refresh every second, so a count serves RATE_REUSE seconds."""
+
+    def __init__(self, max_batches: int = 1000) -> None:
+        self._counts: dict[str, tuple[float, int]] = {}
+        self.max_batches = max_batches
+
+    def get(self, batch_id: str, t: float) -> tuple[float, int] | None:
+        hit = self._counts.get(batch_id)
+        return hit if hit is not None and 0 <= t - hit[0] < RATE_REUSE else None
+
+    def put(self, batch_id: str, t: float, count: int) -> None:
+        self._counts.pop(batch_id, None)
+        if len(self._counts) >= self.max_batches:
+            self._counts.pop(next(iter(self._counts)))
+        self._counts[batch_id] = (t, count)
 
 
 def _ended_at(b: Batch) -> int | None:

@@ -41,6 +41,16 @@ def test_rate_from_the_ledgers_last_minute_and_eta() -> None:
     assert views.rate(b, recent=None, t=9999.0) == 2.0
 
 
+def test_a_ledger_count_serves_a_few_seconds() -> None:
+    counts = views.RecentCounts(max_batches=2)
+    counts.put("a", 100.0, 7)
+    assert counts.get("a", 104.9) == (100.0, 7)
+    assert counts.get("a", 100.0 + views.RATE_REUSE) is None  # counted again
+    counts.put("b", 100.0, 1)
+    counts.put("c", 100.0, 2)  # the oldest batch goes
+    assert counts.get("a", 101.0) is None and counts.get("c", 101.0) == (100.0, 2)
+
+
 def test_samples_are_kept_a_second_apart() -> None:
     history = views.ProgressHistory()
     history.record(running(10), t=1010.0)
