@@ -132,6 +132,8 @@ def test_dashboard_follows_a_running_batch_and_downloads_its_output(
     assert sample.count() == min(failed, 20)
     assert "The stub was told to reject this request." in sample.first.inner_text()
     assert page.locator("#download-error").is_visible()
+    by_code = page.locator("#failure-codes tbody tr", has_text="invalid_request_error")
+    assert by_code.locator("td.num").inner_text() == str(failed)  # grouped by code
     page.screenshot(path=str(shots / "batch-failures.png"), full_page=True)
     page.goto(f"{server.url}/ui/batches/{invalid}")
     errors = page.locator("#validation-errors tbody tr")
