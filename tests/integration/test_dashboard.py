@@ -19,6 +19,7 @@ from tests.live_server import API_KEY, PROJECT, chat_line, running_server, wait_
 from tests.support.upstream_stub import StubConfig, StubServer
 
 OTHER_KEY = "sk-other-project"
+DASHBOARD = {"x-overnight-dashboard": "1"}  # what app.js sends with every action
 
 
 @pytest.fixture
@@ -92,11 +93,17 @@ def test_without_keys_loopback_needs_no_login(tmp_path: Path, stub: StubServer) 
         page = httpx.get(f"{server.url}/")
         assert page.status_code == 200 and "No batches yet" in page.text
         assert httpx.get(f"{server.url}/ui/api/batches").json()["data"] == []
+        # Its actions need no login either: the API lets loopback in without a key.
+        upload = httpx.post(
+            f"{server.url}/ui/v1/files",
+            files={"file": ("x.jsonl", json.dumps(chat_line("x")) + "\n")},
+            data={"purpose": "batch"},
+            headers=DASHBOARD,
+        )
+        assert upload.status_code == 200 and upload.json()["filename"] == "x.jsonl"
 
 
 # --- the dashboard's actions, in process: the app itself on an ASGI transport ---------------
-
-DASHBOARD = {"x-overnight-dashboard": "1"}  # what app.js sends with every action
 
 
 @asynccontextmanager
