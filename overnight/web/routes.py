@@ -163,8 +163,13 @@ async def _detail(request: Request, project: str, batch_id: str) -> tuple[Batch,
     b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
     if b is None:
         raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
-    history = _history(request)
-    view = await _view(request, b, time.time())
+    history, t = _history(request), time.time()
+    span = views.curve_span(b, t)
+    if span is not None and not history.seeded(b.id):
+        # Once per batch and process: the chart's past, from the ledger's finish times.
+        counts = await svc.store.ledger.finished_curve(b.seq, *span)
+        history.seed(b.id, views.curve_points(span[0], span[1], counts, t) if any(counts) else [])
+    view = await _view(request, b, t)
     sample = await svc.store.ledger.failed_sample(b.seq, FAILED_SAMPLE) if b.failed else []
     view["failed_sample"] = [views.failed_view(r) for r in sample]
     points = views.progress_points(b, history)

@@ -3,13 +3,13 @@
 The same plain dicts feed the HTML templates and the dashboard's JSON endpoints.
 Current throughput comes from the ledger (requests finished in the last minute,
 by their `finished_at`), so it and the ETA are right the moment a page opens.
-The chart's curve is sampled in memory whenever a page or the JSON is read;
-between samples, and before the first one, it draws a straight line from the
-batch's own timestamps.
+The chart's curve comes from the ledger's finish times the first time a batch's
+page is read in this process, then from samples taken whenever it is read.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any
@@ -23,6 +23,7 @@ SAMPLE_EVERY = 1.0  # seconds between kept samples of one batch
 MAX_SAMPLES = 720
 RATE_WINDOW = 60.0  # recent throughput is measured over this many seconds
 RATE_REUSE = 5.0  # one ledger count per running batch in this many seconds, however many watch
+CURVE_BUCKETS = 60  # points of the ledger's curve on a batch's chart
 MIN_CHART_SPAN = 2.0  # a batch done faster than this has nothing to chart
 
 TIMELINE = (
@@ -38,28 +39,68 @@ TIMELINE = (
 
 
 class ProgressHistory:
-    """(time, finished requests) samples per batch, in this process's memory."""
+    """(time, finished requests) points per batch, in this process's memory: the curve
+    the ledger's finish times give the first time a batch's page is read, then samples
+    taken whenever it is read while it runs."""
 
     def __init__(self, max_batches: int = 500) -> None:
         self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self._seeded: set[str] = set()
         self.max_batches = max_batches
+
+    def _slot(self, batch_id: str) -> deque[tuple[float, int]]:
+        samples = self._samples.get(batch_id)
+        if samples is None:
+            if len(self._samples) >= self.max_batches:
+                oldest = next(iter(self._samples))
+                del self._samples[oldest]
+                self._seeded.discard(oldest)
+            samples = self._samples[batch_id] = deque(maxlen=MAX_SAMPLES)
+        return samples
 
     def record(self, batch: Batch, t: float | None = None) -> None:
         if batch.status != BatchStatus.IN_PROGRESS:
             return
         t = time.time() if t is None else t
         done = batch.completed + batch.failed
-        samples = self._samples.get(batch.id)
-        if samples is None:
-            if len(self._samples) >= self.max_batches:
-                self._samples.pop(next(iter(self._samples)))
-            samples = self._samples[batch.id] = deque(maxlen=MAX_SAMPLES)
+        samples = self._slot(batch.id)
         if samples and (t - samples[-1][0] < SAMPLE_EVERY or done < samples[-1][1]):
             return
         samples.append((t, done))
 
+    def seeded(self, batch_id: str) -> bool:
+        return batch_id in self._seeded
+
+    def seed(self, batch_id: str, points: list[tuple[float, int]]) -> None:
+        """Put the ledger's curve before the samples taken so far (it ends where they begin)."""
+        samples = self._slot(batch_id)
+        first = samples[0][0] if samples else float("inf")
+        merged = [p for p in points if p[0] < first] + list(samples)
+        samples.clear()
+        samples.extend(merged[-MAX_SAMPLES:])
+        self._seeded.add(batch_id)
+
     def samples(self, batch_id: str) -> list[tuple[float, int]]:
         return list(self._samples.get(batch_id, ()))
+
+
+def curve_span(b: Batch, t: float) -> tuple[float, float, int] | None:
+    """(start, step, buckets) of the ledger curve worth asking for, or None (never ran)."""
+    if b.in_progress_at is None:
+        return None
+    start = float(b.in_progress_at)
+    end = float(b.finalizing_at or _ended_at(b) or t)
+    step = max((end - start) / CURVE_BUCKETS, 1.0)
+    return start, step, max(1, min(CURVE_BUCKETS, math.ceil((end - start) / step)))
+
+
+def curve_points(start: float, step: float, counts: list[int], t: float) -> list[tuple[float, int]]:
+    """Finished-per-bucket counts as (time, finished so far) at each bucket's end."""
+    points, done = [], 0
+    for i, n in enumerate(counts):
+        done += n
+        points.append((min(start + (i + 1) * step, t), done))
+    return points
 
 
 class RecentCounts:

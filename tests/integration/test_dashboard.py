@@ -261,4 +261,9 @@ async def test_throughput_and_eta_come_from_the_ledger_at_first_sight(
         assert fresh["rate"] * 60 >= fresh["done"] * 0.5
         assert fresh["eta_seconds"] is not None
         assert fresh["eta_seconds"] < (fresh["total"] - fresh["done"]) * 3600 / fresh["done"] / 2
+        # Its chart's past comes from the ledger too: an hour of nothing, then the recent
+        # finishes (only the last minute's point holds any), though nobody watched.
+        progress = (await http.get(f"/ui/api/batches/{b['id']}")).json()["progress"]
+        assert len(progress) >= 60
+        assert progress[30]["done"] == 0 and progress[-2]["done"] >= 10
         await http.post(f"/ui/v1/batches/{b['id']}/cancel", headers=DASHBOARD)

@@ -262,6 +262,21 @@ async def test_finished_pages_never_pass_an_open_request(store: Store) -> None:
     ]
 
 
+async def test_finished_curve_counts_by_finish_time(store: Store) -> None:
+    b = batch()
+    seq = await store.batches.add(b)
+    await store.ledger.add_lines(seq, lines(6))
+    claimed = await store.ledger.claim(seq, "w", 6, time.time() + 60)
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[:3]])
+    between = time.time()  # after the first three finished, before the next two
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[3:5]])
+    assert await store.ledger.finished_curve(seq, between - 1000, 1000, 3) == [3, 2, 0]
+    assert await store.ledger.finished_curve(seq, between, 1000, 2) == [5, 0]  # earlier: first
+    assert await store.ledger.finished_curve(seq, between - 5000, 1000, 2) == [0, 5]  # later: last
+    other = await store.batches.add(batch())
+    assert await store.ledger.finished_curve(other, between, 1, 4) == [0, 0, 0, 0]
+
+
 async def test_counters_stop_moving_once_a_batch_is_closed(store: Store) -> None:
     b = batch()
     seq = await store.batches.add(b)

@@ -59,6 +59,29 @@ def test_samples_are_kept_a_second_apart() -> None:
     assert history.samples("batch_1") == [(1010.0, 10), (1020.0, 30)]
 
 
+def test_the_ledgers_curve_goes_before_the_samples() -> None:
+    b = running(40, started=1000)
+    b.status, b.completed, b.completed_at = "completed", 100, 1120
+    start, step, buckets = views.curve_span(b, t=5000.0) or (0.0, 0.0, 0)
+    assert (start, step, buckets) == (1000.0, 2.0, 60)  # 120 s in 60 points
+    assert views.curve_span(running(1), t=1000.5) == (1000.0, 1.0, 1)
+    assert views.curve_points(1000.0, 10.0, [5, 0, 7], t=1025.0) == [
+        (1010.0, 5),
+        (1020.0, 5),
+        (1025.0, 12),  # the last bucket ends now, not in the future
+    ]
+    history = views.ProgressHistory()
+    history.record(running(30), t=1030.0)
+    assert not history.seeded("batch_1")
+    history.seed("batch_1", [(1010.0, 10), (1020.0, 20), (1030.0, 30), (1040.0, 40)])
+    assert history.seeded("batch_1")
+    assert history.samples("batch_1") == [(1010.0, 10), (1020.0, 20), (1030.0, 30)]
+    small = views.ProgressHistory(max_batches=1)
+    small.seed("a", [(1.0, 1)])
+    small.record(running(1), t=1001.0)  # batch_1 takes the only place
+    assert not small.seeded("a") and small.samples("a") == []
+
+
 def test_an_all_failed_batch_wears_no_green() -> None:
     b = running(0)
     b.status, b.failed = "completed", 100

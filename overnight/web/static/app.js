@@ -57,6 +57,8 @@
           schedule(el);
         } else {
           document.querySelectorAll("[data-summary]").forEach(loadSummary);  // the final count
+          var n = document.getElementById("notice");
+          if (n && n.classList.contains("ok")) notice("");  // "Cancelling…" is over
         }
       })
       .catch(function () {
