@@ -189,6 +189,10 @@ async def test_actions_go_through_the_api_with_the_logins_key(
         late = await http.post(f"/ui/v1/batches/{done['id']}/cancel", headers=DASHBOARD)
         assert api_error(late, 409)["message"] == "Cannot cancel a batch with status 'completed'."
         assert len(late.headers.get_list("x-request-id")) == 1
+        nothing = await http.post(f"/ui/v1/batches/{done['id']}/retry", headers=DASHBOARD)
+        assert api_error(nothing, 400)["code"] == "nothing_to_retry"
+        summary = await http.get(f"/ui/v1/batches/{done['id']}/results/summary", headers=DASHBOARD)
+        assert summary.json()["failures"] == [] and summary.json()["finished"] == 3
 
         # Only the page's script, only the page's actions, only with a key.
         bare = await http.post(f"/ui/v1/batches/{done['id']}/cancel")
@@ -213,6 +217,12 @@ async def test_actions_go_through_the_api_with_the_logins_key(
         assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling"
         ended = await until(http, running["id"], lambda b: b["terminal"])
         assert ended["status"] == "cancelled"
+        retry = await http.post(f"/ui/v1/batches/{running['id']}/retry", headers=DASHBOARD)
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["metadata"] == {"overnight_retry_of": running["id"]}
+        again = retry.json()["id"]
+        await until(http, again, lambda b: b["total"] == ended["failed"])  # just those lines
+        await http.post(f"/ui/v1/batches/{again}/cancel", headers=DASHBOARD)
 
         # The files page links each file to its batches; delete removes a file.
         page = (await http.get("/ui/files")).text
