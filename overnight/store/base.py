@@ -44,6 +44,14 @@ class Outcome:
     usage: Usage
 
 
+def bucketed(counts: Iterable[tuple[Any, int]], buckets: int) -> list[int]:
+    """(bucket index, count) pairs as a list of `buckets` counts, out-of-range ones clamped."""
+    out = [0] * buckets
+    for index, n in counts:
+        out[min(max(int(index), 0), buckets - 1)] += int(n)
+    return out
+
+
 def error_json(code: str, message: str) -> str:
     """What the ledger stores for a request that ended without an answer."""
     return orjson.dumps({"code": code, "message": message}).decode()
@@ -163,6 +171,12 @@ class BatchStore(Protocol):
         self, project: str, *, limit: int, after: str | None
     ) -> tuple[list[Batch], bool]: ...
     async def count_open(self, project: str) -> int: ...
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        """The project's batches that name any of `file_ids` as input, output or error file,
+        newest first, at most `limit`."""
+
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""
 
@@ -248,6 +262,13 @@ class LedgerStore(Protocol):
 
     async def finished_since(self, batch_seq: int, since: float) -> int:
         """How many requests of the batch finished at or after unix time `since`."""
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        """How many requests of the batch finished in each of `buckets` spans of `step`
+        seconds from unix time `start` (earlier ones count in the first, later ones in
+        the last; rows without a finish time, from before it was recorded, in none)."""
 
     async def purge_finished(self, created_before: int) -> int: ...
     async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]: ...

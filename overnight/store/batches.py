@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -119,6 +119,28 @@ class BatchRepo:
         )
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
+
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        if not file_ids:
+            return []
+        ids = list(file_ids)
+        query = (
+            select(batches)
+            .where(
+                batches.c.project == project,
+                or_(
+                    batches.c.input_file_id.in_(ids),
+                    batches.c.output_file_id.in_(ids),
+                    batches.c.error_file_id.in_(ids),
+                ),
+            )
+            .order_by(batches.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [to_batch(r) for r in (await conn.execute(query)).all()]
 
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""

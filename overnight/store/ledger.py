@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import Integer, case, cast, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
@@ -25,6 +25,7 @@ from overnight.store.base import (
     Outcome,
     ResultRow,
     StoredLine,
+    bucketed,
 )
 from overnight.store.faults import retrying
 from overnight.store.schema import batches, requests
@@ -394,6 +395,28 @@ class Ledger:
         )
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        span = (requests.c.finished_at - start) / step
+        # floor() on PostgreSQL; SQLite may lack it, and its CAST truncates, which is the
+        # floor for the spans that matter (the negative ones all go to the first bucket).
+        index = (
+            func.floor(span) if self.engine.dialect.name == "postgresql" else cast(span, Integer)
+        )
+        query = (
+            select(index, func.count())
+            .where(
+                requests.c.batch_seq == batch_seq,
+                requests.c.state.in_([RequestState.DONE, RequestState.FAILED]),
+                requests.c.finished_at.is_not(None),
+            )
+            .group_by(index)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return bucketed(rows, buckets)
 
     async def purge_finished(self, created_before: int) -> int:
         """Drop the rows of terminal batches created before `created_before` (unix s)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -137,6 +137,18 @@ class MemoryBatches:
             for r in self.rows.values()
             if r.batch.project == project and not BatchStatus(r.batch.status).terminal
         )
+
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        wanted = set(file_ids)
+        found = [
+            _batch(r.batch)
+            for r in reversed(self.by_seq.values())
+            if r.batch.project == project
+            and wanted & {r.batch.input_file_id, r.batch.output_file_id, r.batch.error_file_id}
+        ]
+        return found[:limit]
 
     async def active(self) -> list[Batch]:
         return [

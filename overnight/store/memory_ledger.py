@@ -6,7 +6,9 @@ live counters move only while the batch is live (the finalizer recounts from the
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from overnight.store.base import (
     Outcome,
     ResultRow,
     StoredLine,
+    bucketed,
 )
 
 if TYPE_CHECKING:
@@ -212,6 +215,16 @@ class MemoryLedger:
             for r in self._of(batch_seq)
             if r.state in (DONE, FAILED) and (r.finished_at or 0.0) >= since
         )
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        indexes = Counter(
+            math.floor((r.finished_at - start) / step)
+            for r in self._of(batch_seq)
+            if r.state in (DONE, FAILED) and r.finished_at is not None
+        )
+        return bucketed(indexes.items(), buckets)
 
     async def purge_finished(self, created_before: int) -> int:
         n = 0

@@ -130,6 +130,21 @@ async def test_batches_page_newest_first_and_count_open(store: Store) -> None:
     assert [x.id for x in await store.batches.active()][:2] == ids[:2]
 
 
+async def test_batches_using_files_newest_first_within_the_project(store: Store) -> None:
+    first = batch(input_file_id="file-a")
+    second = batch(input_file_id="file-a", output_file_id="file-o", error_file_id="file-e")
+    third = batch(input_file_id="file-b")
+    for b in (first, second, third, batch(project="q", input_file_id="file-a")):
+        await store.batches.add(b)
+    found = await store.batches.using_files("p", ["file-a"])
+    assert [b.id for b in found] == [second.id, first.id]
+    found = await store.batches.using_files("p", ["file-e", "file-b", "file-none"])
+    assert [b.id for b in found] == [third.id, second.id]
+    assert [b.id for b in await store.batches.using_files("p", ["file-a"], limit=1)] == [second.id]
+    assert await store.batches.using_files("p", []) == []
+    assert await store.batches.using_files("q", ["file-o"]) == []
+
+
 async def test_finish_closes_once_with_its_files(store: Store) -> None:
     b = batch(status=BatchStatus.FINALIZING)
     await store.batches.add(b)
@@ -248,6 +263,21 @@ async def test_finished_pages_never_pass_an_open_request(store: Store) -> None:
         (2, "r2", b'{"model":"m"}'),
         (5, "r5", b'{"model":"m"}'),
     ]
+
+
+async def test_finished_curve_counts_by_finish_time(store: Store) -> None:
+    b = batch()
+    seq = await store.batches.add(b)
+    await store.ledger.add_lines(seq, lines(6))
+    claimed = await store.ledger.claim(seq, "w", 6, time.time() + 60)
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[:3]])
+    between = time.time()  # after the first three finished, before the next two
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[3:5]])
+    assert await store.ledger.finished_curve(seq, between - 1000, 1000, 3) == [3, 2, 0]
+    assert await store.ledger.finished_curve(seq, between, 1000, 2) == [5, 0]  # earlier: first
+    assert await store.ledger.finished_curve(seq, between - 5000, 1000, 2) == [0, 5]  # later: last
+    other = await store.batches.add(batch())
+    assert await store.ledger.finished_curve(other, between, 1, 4) == [0, 0, 0, 0]
 
 
 async def test_the_outbox_leases_each_event_to_one_sender(store: Store) -> None:
