@@ -193,9 +193,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def referenced_variables(text: str) -> set[str]:
     """Every variable a compose file interpolates ($$ is a literal dollar)."""
-    return {
-        m["braced"] or m["bare"] for m in _VARIABLE.finditer(text) if m.group(0) != "$$"
-    }
+    return {m["braced"] or m["bare"] for m in _VARIABLE.finditer(text) if m.group(0) != "$$"}
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:

@@ -136,9 +136,7 @@ def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
 
 
 def test_prometheus_scrapes_the_api_and_each_worker(compose: dict[str, Any]) -> None:
-    mount = next(
-        v for v in compose["services"]["prometheus"]["volumes"] if "prometheus.yml" in v
-    )
+    mount = next(v for v in compose["services"]["prometheus"]["volumes"] if "prometheus.yml" in v)
     source, target = mount.split(":")[:2]
     assert target == "/etc/prometheus/prometheus.yml"
     config = yaml.safe_load((ROOT / source).read_text())

@@ -172,9 +172,7 @@ def test_api_probes_are_healthz_and_readyz(rendered: tuple[str, list[dict[str, A
     (container,) = api["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "serve"
     port = container["ports"][0]
-    assert container["args"][container["args"].index("--port") + 1] == str(
-        port["containerPort"]
-    )
+    assert container["args"][container["args"].index("--port") + 1] == str(port["containerPort"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
