@@ -6,15 +6,19 @@ cached, as it is after `make install`, since compiling it takes ten minutes."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from overnight.server_process import free_port, wait_ready
 from tests.deploy.files import ROOT, dockerfile_stages
 
 pytestmark = pytest.mark.install_script
@@ -53,7 +57,8 @@ def install(context: Path, venv: Path, extras: str) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=280,
-        env={**clean_env(), "PYTHON": sys.executable},
+        # No .pyc compiled at install: the image wants them, this throwaway venv does not.
+        env={**clean_env(), "PYTHON": sys.executable, "PIP_NO_COMPILE": "1"},
         cwd=context.parent,
     )
 
@@ -105,6 +110,44 @@ def test_installed_package_carries_its_migrations(slim: tuple[Path, Path], tmp_p
     assert "schema upgraded from empty to" in proc.stdout
     again = run(venv, "migrate", "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
     assert "nothing to do" in again.stdout, again.stdout + again.stderr
+
+
+def get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_installed_api_serves_probes_dashboard_and_metrics(
+    slim: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The API role as the image runs it, from the installed files (templates and static
+    files are package data too), and SIGTERM ends it."""
+    _, venv = slim
+    port = free_port()
+    log = tmp_path / "serve.log"
+    argv = [str(venv / "bin" / "overnight"), "serve", "--no-executor"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, env=clean_env(), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(process, f"{base}/readyz", 60, log.read_text, "installed overnight")
+            status, body = get(f"{base}/readyz")
+            assert json.loads(body)["checks"] == {"database": "ok", "storage": "ok"}
+            assert get(f"{base}/healthz")[0] == 200
+            status, page = get(f"{base}/")
+            assert status == 200 and "<html" in page.lower()
+            status, metrics = get(f"{base}/metrics")
+            assert status == 200 and "overnight_" in metrics
+            process.terminate()
+            # uvicorn re-raises the signal once it has shut down cleanly.
+            assert process.wait(timeout=60) in (0, -signal.SIGTERM), log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_slim_install_has_no_embedded_model(slim: tuple[Path, Path]) -> None:
