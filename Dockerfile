@@ -42,8 +42,8 @@ RUN groupadd --system --gid 10001 overnight \
        --shell /usr/sbin/nologin overnight \
     && mkdir -p /data \
     && chown overnight:overnight /data
-# /data: the data dir (SQLite and files when no database or bucket is set; the webhook
-# outbox always) and the cache where the embedded model's widened weights go.
+# /data: the data dir (SQLite and files when no database or bucket is set) and the
+# cache where the embedded model's widened weights go.
 ENV PATH=/opt/overnight/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -52,7 +52,8 @@ ENV PATH=/opt/overnight/bin:$PATH \
 WORKDIR /data
 # 8000: the API (serve); 9464: a worker's /metrics (worker --metrics-port 9464).
 EXPOSE 8000 9464
-# The API's liveness. A worker has no API: compose and Kubernetes check its metrics port.
+# The API's liveness. A worker has no API: compose and Kubernetes probe /healthz on its
+# metrics port (9464) instead.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["overnight"]

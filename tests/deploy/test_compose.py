@@ -4,6 +4,7 @@ Prometheus' scrape config and Grafana's provisioning."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,8 @@ def test_the_fleet(compose: dict[str, Any]) -> None:
         assert command[:1] == ["worker"] and "--no-executor" not in command
         assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
         assert command[command.index("--metrics-port") + 1] == "9464"
-        assert "9464/metrics" in " ".join(services[name]["healthcheck"]["test"])
-    # The data dirs are not shared: each process has its own outbox.
+        assert "9464/healthz" in " ".join(services[name]["healthcheck"]["test"])
+    # The data dirs are not shared: each process has its own (its disk reserve, its cache).
     volumes = [services[n]["volumes"][0].split(":")[0] for n in OVERNIGHT_SERVICES[1:]]
     assert len(set(volumes)) == len(volumes)
 
@@ -163,3 +164,33 @@ def test_grafana_loads_the_dashboards_folder_from_prometheus(compose: dict[str, 
     ]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     assert "prometheus" in compose["services"]
+
+
+def datasource_uids(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        source = node.get("datasource")
+        if isinstance(source, dict) and isinstance(source.get("uid"), str):
+            found.add(source["uid"])
+        for value in node.values():
+            found |= datasource_uids(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= datasource_uids(value)
+    return found
+
+
+def test_dashboards_use_the_provisioned_data_source() -> None:
+    """A panel naming another data source uid would show "datasource not found"."""
+    dashboards = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    if not dashboards:
+        pytest.skip("no dashboard in deploy/grafana/dashboards/ yet")
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
+    provisioned = {
+        s["uid"]
+        for s in yaml.safe_load((provisioning / "prometheus.yaml").read_text())["datasources"]
+    }
+    for path in dashboards:
+        uids = datasource_uids(json.loads(path.read_text()))
+        # "${...}" / "$name": a dashboard variable, resolved to a provisioned source.
+        assert {u for u in uids if not u.startswith("$")} <= provisioned, (path.name, uids)

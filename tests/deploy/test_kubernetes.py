@@ -193,7 +193,8 @@ def test_workers_expose_metrics_and_are_probed_on_that_port(
     assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
     assert args[args.index("--metrics-port") + 1] == "9464"
     assert container["ports"] == [{"name": "metrics", "containerPort": 9464}]
-    assert container["livenessProbe"]["tcpSocket"]["port"] == "metrics"
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
 def test_servicemonitor_scrapes_the_api_and_the_workers(
