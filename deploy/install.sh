@@ -18,7 +18,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Not editable: the image carries the installed package, not the source tree.
-"$venv/bin/pip" install --quiet "$src[$extras]"
+"$venv/bin/pip" install --quiet "${src}[${extras}]"
 
 # Done only when the command runs and every extra's modules import.
 "$venv/bin/overnight" --help >/dev/null

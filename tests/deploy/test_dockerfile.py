@@ -1,6 +1,7 @@
 """The Dockerfile, checked without a Docker daemon: hadolint, and the properties the
 deployment relies on (two targets, a numeric non-root user, the /healthz check, install
-steps in deploy/install.sh, a build context that holds what the build copies)."""
+steps in deploy/install.sh, a build context that holds what the build copies); and
+shellcheck on deploy/install.sh."""
 
 from __future__ import annotations
 
@@ -122,3 +123,13 @@ def test_build_context_holds_what_is_copied_and_nothing_private() -> None:
     for private in (".venv/bin/python", ".git/config", ".overnight/overnight.db", "tests/a.py"):
         assert not in_build_context(private, rules), private
     assert not in_build_context("overnight/__pycache__/x.cpython-311.pyc", rules)
+
+
+def test_install_script_passes_shellcheck() -> None:
+    proc = subprocess.run(
+        [tool("shellcheck"), "--shell=sh", str(ROOT / "deploy" / "install.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
