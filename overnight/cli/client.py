@@ -10,7 +10,9 @@ to stdout (batch ids, tables, JSON, result lines).
 from __future__ import annotations
 
 import json
+import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -35,7 +37,9 @@ from overnight.cli.connection import (  # noqa: F401 - DEFAULT_BASE_URL is part 
     base_url_of,
     make_client,
 )
+from overnight.cli.failures import failures_table, fetch_summary, print_failures
 from overnight.cli.progress import (
+    FAILED_REQUESTS_EXIT,
     ago,
     cost_text,
     counts,
@@ -45,8 +49,15 @@ from overnight.cli.progress import (
     summary,
     tokens,
 )
-from overnight.cli.results import download, input_lines, parse_jsonl, succeeded, write_results
+from overnight.cli.results import write_results
+from overnight.cli.stream import Cursor, read_pages, resume_hint
 from overnight.models import TERMINAL
+
+
+class Outcome(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+
 
 # --- creating batches ------------------------------------------------------------------------
 
@@ -89,31 +100,75 @@ def _upload(client: Any, name: str, data: bytes | BinaryIO, err: Console) -> Any
     return f
 
 
+def _to_stdout(output: Path | None) -> bool:
+    return output is not None and str(output) == "-"
+
+
+def _check_input(path: Path) -> None:
+    """A one-line error now, rather than a traceback from deep inside an upload."""
+    if not path.exists():
+        _fail(f"cannot read {path}: no such file", 2)
+    if path.is_dir():
+        _fail(f"cannot read {path}: it is a directory, not a .jsonl file", 2)
+
+
+def _check_output(output: Path | None) -> None:
+    """Checked before anything is submitted: a batch should not run for hours only for
+    its results to have nowhere to go."""
+    if output is None or _to_stdout(output):
+        return
+    if output.is_dir():
+        _fail(f"cannot write results to {output}: it is a directory; name a file", 2)
+    parent = output.parent
+    if not parent.is_dir():
+        _fail(f"cannot write results to {output}: the directory {parent} does not exist", 2)
+
+
+def _announce(batch_id: str, output: Path | None, err: Console) -> None:
+    """The batch id on stdout for scripts; on stderr when stdout carries the results."""
+    if _to_stdout(output):
+        err.print(f"batch {batch_id}", highlight=False)
+    else:
+        print(batch_id, flush=True)
+
+
 def _start(
     client: Any,
     name: str,
     data: bytes | BinaryIO,
     endpoint: str,
     metadata: dict[str, str] | None,
-    wait: bool,
     output: Path | None,
-    poll: float,
-) -> int:
+) -> Any:
     err = _err()
     f = _upload(client, name, data, err)
     kwargs: dict[str, Any] = {"metadata": metadata} if metadata else {}
     batch = client.batches.create(
         input_file_id=f.id, endpoint=endpoint, completion_window="24h", **kwargs
     )
-    print(batch.id, flush=True)
+    _announce(batch.id, output, err)
+    return batch
+
+
+def _see_through(
+    client: Any,
+    batch: Any,
+    wait: bool,
+    output: Path | None,
+    poll: float,
+    fail_on_errors: bool,
+) -> int:
+    """After a create: follow the batch if asked, then the summary, failures, results."""
+    err = _err()
     if not (wait or output is not None):
         err.print(f"follow it with: overnight show {batch.id}", highlight=False)
         return 0
     batch = _follow_or_detach(client, batch.id, poll, err)
     summary(batch, err)
+    print_failures(client, batch.id, err)
     if output is not None and (batch.output_file_id or batch.error_file_id):
         write_results(client, batch, output, err)
-    return exit_code(batch)
+    return exit_code(batch, fail_on_errors)
 
 
 def _follow_or_detach(client: Any, batch_id: str, poll: float, err: Console) -> Any:
@@ -127,12 +182,22 @@ def _follow_or_detach(client: Any, batch_id: str, poll: float, err: Console) -> 
         raise typer.Exit(130) from None
 
 
+FailOnErrors = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-errors",
+        help=f"Exit with status {FAILED_REQUESTS_EXIT} when any request failed, even if the "
+        "batch completed (it is 1 when the batch itself did not complete).",
+    ),
+]
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
 @app.command(rich_help_panel="Client")
 def submit(
-    file: Annotated[Path, typer.Argument(help="The .jsonl file of requests.", exists=True)],
+    file: Annotated[Path, typer.Argument(help="The .jsonl file of requests.")],
     endpoint: Annotated[
         str | None,
         typer.Option(help="Batch endpoint (default: the url of the file's first line)."),
@@ -142,17 +207,21 @@ def submit(
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE, repeatable.")
     ] = None,
+    fail_on_errors: FailOnErrors = False,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
     """Upload FILE and create a batch; prints the batch id. --wait (or -o) follows it."""
-    endpoint = endpoint or _endpoint_of(file) or "/v1/chat/completions"
+    _check_input(file)
+    _check_output(output)
     meta = _parse_metadata(metadata)
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
+        endpoint = endpoint or _endpoint_of(file) or "/v1/chat/completions"
         client = make_client(base_url, api_key)
         with file.open("rb") as fh:  # streamed by the SDK, not read into memory here
-            code = _start(client, file.name, fh, endpoint, meta, wait, output, poll)
+            batch = _start(client, file.name, fh, endpoint, meta, output)
+        code = _see_through(client, batch, wait, output, poll, fail_on_errors)
     raise typer.Exit(code)
 
 
@@ -164,7 +233,7 @@ def list_batches(
     api_key: ApiKey = None,
 ) -> None:
     """List recent batches."""
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
         page = make_client(base_url, api_key).batches.list(limit=limit)
         items = list(page.data)
     if as_json:
@@ -210,11 +279,13 @@ def show(
     api_key: ApiKey = None,
 ) -> None:
     """Show one batch: status, counts, tokens, cost, timeline, errors, files."""
-    with api_errors(base_url):
-        b = make_client(base_url, api_key).batches.retrieve(batch_id)
-    if as_json:
-        print(json.dumps(b.model_dump(mode="json"), indent=2))
-        return
+    with api_errors(base_url, api_key):
+        client = make_client(base_url, api_key)
+        b = client.batches.retrieve(batch_id)
+        if as_json:
+            print(json.dumps(b.model_dump(mode="json"), indent=2))
+            return
+        failures = fetch_summary(client, b.id) if counts(b)[1] else None
     out = _out()
     completed, failed, total = counts(b)
     grid = Table.grid(padding=(0, 2))
@@ -260,6 +331,9 @@ def show(
         for e in b.errors.data:
             table.add_row(str(e.line or "—"), e.code or "", Text(e.message or ""))
         out.print(table)
+    by_code = failures_table(failures) if failures else None
+    if by_code is not None:
+        out.print(by_code)
 
 
 @app.command(rich_help_panel="Client")
@@ -269,7 +343,7 @@ def cancel(
     api_key: ApiKey = None,
 ) -> None:
     """Cancel a batch: requests in flight finish, the rest end as batch_cancelled."""
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
         b = make_client(base_url, api_key).batches.cancel(batch_id)
     print(f"{b.id} {b.status}")
 
@@ -279,18 +353,46 @@ def results(
     batch_id: Annotated[str, typer.Argument(help="The batch id.")],
     output: Output = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the batch to end first.")] = False,
+    follow_lines: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Write lines as they finish, while the batch runs, in the order overnight "
+            "ran them; ends when the batch does.",
+        ),
+    ] = False,
+    after: Annotated[
+        int | None,
+        typer.Option(
+            "--after",
+            help="Resume a stream from this cursor (printed by an earlier --follow); "
+            "with -o FILE the lines are appended.",
+            show_default=False,
+        ),
+    ] = None,
+    outcome: Annotated[
+        Outcome | None, typer.Option("--outcome", help="Only these lines (with --follow/--after).")
+    ] = None,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Download output and errors as one JSONL, in the input file's order."""
+    """Output and errors as one JSONL: in input order once it ends, or as they finish (-f)."""
     err = _err()
-    with api_errors(base_url):
+    _check_output(output)
+    with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
+        if follow_lines or after is not None or outcome is not None:
+            _stream(client, batch_id, output, after, outcome, follow_lines, poll, err)
+            return
         b = client.batches.retrieve(batch_id)
         if b.status not in TERMINAL:
             if not wait:
-                _fail(f"{b.id} is {b.status}; results come when it ends (add --wait)")
+                _fail(
+                    f"{b.id} is {b.status}; results come when it ends (add --wait), "
+                    "or as they finish with --follow"
+                )
             b = _follow_or_detach(client, b.id, poll, err)
         if not (b.output_file_id or b.error_file_id):
             summary(b, err)
@@ -298,48 +400,87 @@ def results(
         write_results(client, b, output, err)
 
 
+def _stream(
+    client: Any,
+    batch_id: str,
+    output: Path | None,
+    after: int | None,
+    outcome: Outcome | None,
+    follow_lines: bool,
+    poll: float,
+    err: Console,
+) -> None:
+    cursor = Cursor(after)
+    file = None if output is None or _to_stdout(output) else output
+    # Resuming appends: the lines before the cursor are already in the file.
+    sink = file.open("ab" if after is not None else "wb") if file else sys.stdout.buffer
+    try:
+        read_pages(
+            client,
+            batch_id,
+            sink,
+            cursor,
+            follow=follow_lines,
+            poll=poll,
+            outcome=outcome.value if outcome else None,
+        )
+    except KeyboardInterrupt:
+        err.print(f"\nstopped after {cursor.lines} lines", highlight=False)
+        resume_hint(batch_id, cursor, err)
+        raise typer.Exit(130) from None
+    finally:
+        if file:
+            sink.close()
+    where = f" to {file}" if file else ""
+    err.print(f"wrote {cursor.lines} lines{where}; {batch_id} is {cursor.status}", highlight=False)
+    if cursor.status not in TERMINAL:
+        resume_hint(batch_id, cursor, err)
+
+
 @app.command(rich_help_panel="Client")
 def retry(
-    batch_id: Annotated[str, typer.Argument(help="The batch whose failed requests to run again.")],
+    batch_id: Annotated[
+        str, typer.Argument(help="The ended batch whose failed or unfinished requests to rerun.")
+    ],
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the new batch until it ends.")
     ] = False,
     output: Output = None,
+    fail_on_errors: FailOnErrors = False,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Create a new batch from the requests of BATCH_ID that did not succeed."""
+    """A new batch of the requests of BATCH_ID that did not succeed (cancelled, expired too)."""
+    import openai
+    from openai.types import Batch
+
     err = _err()
-    with api_errors(base_url):
+    _check_output(output)
+    with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
-        b = client.batches.retrieve(batch_id)
-        if b.status not in TERMINAL:
-            _fail(f"{b.id} is still {b.status}; retry it once it has ended")
-        requests = input_lines(client, b)
-        if requests is None:
-            _fail(
-                f"the input file {b.input_file_id} cannot be downloaded, so its requests are gone"
-            )
-        ok = {
-            line.get("custom_id")
-            for line, _raw in parse_jsonl(download(client, b.output_file_id))
-            if succeeded(line)
-        }
-        again = [raw for req, raw in requests if req.get("custom_id") not in ok]
-        if not again:
-            err.print(f"nothing to retry: every request of {b.id} succeeded", highlight=False)
-            raise typer.Exit(0)
-        err.print(f"retrying {len(again)} of {len(requests)} requests of {b.id}", highlight=False)
-        data = b"".join(raw + b"\n" for raw in again)
-        code = _start(
-            client,
-            f"retry-of-{b.id}.jsonl",
-            data,
-            b.endpoint,
-            {"retry_of": b.id},
-            wait,
-            output,
-            poll,
+        try:
+            new = client.post(f"/batches/{batch_id}/retry", cast_to=Batch, body={})
+        except openai.APIStatusError as exc:
+            code = _error_code(exc)
+            if code == "nothing_to_retry":
+                err.print(f"nothing to retry: {_message(exc)}", highlight=False, markup=False)
+                raise typer.Exit(0) from None
+            if code == "batch_not_finished":
+                _fail(f"{_message(exc)} Retry it once it has ended (or cancel it first).")
+            raise
+        _announce(new.id, output, err)
+        old = client.batches.retrieve(batch_id)
+        completed, _failed, total = counts(old)
+        err.print(
+            f"retrying {total - completed} of {total} requests of {batch_id} as {new.id}",
+            highlight=False,
         )
-    raise typer.Exit(code)
+        status = _see_through(client, new, wait, output, poll, fail_on_errors)
+    raise typer.Exit(status)
+
+
+def _error_code(exc: Any) -> str | None:
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return str(inner.get("code")) if isinstance(inner, dict) and inner.get("code") else None
