@@ -61,20 +61,26 @@ def base_url_of(value: str | None) -> str:
     return url
 
 
-class _RefusedFast:
-    """A transport that reports a connection it could not open at once: the SDK retries
-    only other failures, so a server that is not running is said in a moment, not after
-    the SDK's backoff."""
+class _Transport:
+    """The SDK's HTTP transport, with two changes.
 
-    def __init__(self) -> None:
+    A connection that could not be opened is reported at once: the SDK does not retry an
+    error of its own kind, so a server that is not running is said in a moment, not after
+    the SDK's backoff. And with no key given the request goes without one (the SDK insists
+    on a placeholder), so the server answers as to a call without a key."""
+
+    def __init__(self, send_key: bool) -> None:
         import httpx2
 
         self._inner = httpx2.HTTPTransport()
+        self._send_key = send_key
 
     def handle_request(self, request: Any) -> Any:
         import httpx2
         import openai
 
+        if not self._send_key:
+            request.headers.pop("authorization", None)
         try:
             return self._inner.handle_request(request)
         except httpx2.ConnectError as exc:
@@ -89,7 +95,7 @@ def make_client(base_url: str | None, api_key: str | None) -> Any:
     import openai
 
     http = openai.DefaultHttpxClient(
-        transport=_RefusedFast(),  # type: ignore[arg-type]
+        transport=_Transport(send_key=bool(api_key)),  # type: ignore[arg-type]
         timeout=httpx2.Timeout(120.0, connect=10.0),
     )
     return openai.OpenAI(
@@ -113,7 +119,7 @@ def api_errors(base_url: str | None, api_key: str | None = None) -> Iterator[Non
                 "another server's."
             )
         _fail(
-            f"the server wants an API key and none was given: {_message(exc)}\n"
+            f"no API key was given, and the server wants one: {_message(exc)}\n"
             "Set the key with --api-key or OPENAI_API_KEY."
         )
     except openai.APIConnectionError as exc:

@@ -113,8 +113,8 @@ def _first_key_warning(created: _Created) -> str:
             return f"{count}+" if count >= cap else str(count)
 
         owned = (
-            f"The {n(created.anonymous_batches)} batches and {n(created.anonymous_files)} "
-            f"files made without a key belong to project '{ANONYMOUS_PROJECT}'"
+            f"The {n(created.anonymous_batches)} batch(es) and {n(created.anonymous_files)} "
+            f"file(s) made without a key belong to project '{ANONYMOUS_PROJECT}'"
         )
         if project == ANONYMOUS_PROJECT:
             lines.append(f"{owned}, this key's project: it sees them.")

@@ -14,37 +14,14 @@ from pathlib import Path
 
 import httpx
 
+from overnight import __version__
 from overnight.server_process import OvernightProcess
-from tests.live_server import API_KEY, chat_line, wait_status, write_jsonl
+from tests.cli.runner import cli, cli_env, jsonl
+from tests.live_server import chat_line, wait_status, write_jsonl
 from tests.support.upstream_stub import StubServer
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = "━"
-
-
-def cli_env(server: OvernightProcess, key: str | None = API_KEY) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OVERNIGHT_"))}
-    env["OPENAI_BASE_URL"] = server.url  # a bare address: the CLI adds /v1
-    if key is not None:
-        env["OPENAI_API_KEY"] = key
-    env["COLUMNS"] = "120"
-    return env
-
-
-def cli(
-    server: OvernightProcess, *args: str, key: str | None = API_KEY, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "overnight", *args],
-        env=cli_env(server, key),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_submit_wait_prints_plain_progress_and_writes_results_in_input_order(
@@ -189,8 +166,13 @@ def test_helpful_errors(server: OvernightProcess, tmp_path: Path) -> None:
     assert "Incorrect API key" in run.stderr and "OPENAI_API_KEY" in run.stderr
     missing = cli(server, "show", "batch_doesnotexist")
     assert missing.returncode == 1 and "404" in missing.stderr
+    assert "Traceback" not in run.stderr + no_results.stderr + missing.stderr
+
+
+def test_refused_connection_wrong_path_and_version(server: OvernightProcess) -> None:
     env = cli_env(server)
     env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+    env["OPENAI_LOG"] = "info"  # the SDK says each retry it makes
     run = subprocess.run(
         [sys.executable, "-m", "overnight", "batches"],
         env=env,
@@ -199,3 +181,44 @@ def test_helpful_errors(server: OvernightProcess, tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in run.stderr
+    assert "Retrying request" not in run.stderr, run.stderr  # refused: said at once
+    assert "Traceback" not in run.stderr
+
+    wrong = cli(server, "batches", base_url=f"{server.url}/api/v2")
+    assert wrong.returncode == 1, wrong.stderr
+    assert "Invalid URL (GET /api/v2/batches)" in wrong.stderr
+    assert f"Is the base URL right? It is {server.url}/api/v2" in wrong.stderr
+    assert "--base-url or OPENAI_BASE_URL" in wrong.stderr
+    # A missing batch is a 404 too, but the path is right: no hint.
+    missing = cli(server, "show", "batch_doesnotexist")
+    assert missing.returncode == 1 and "base URL" not in missing.stderr
+
+    version = cli(None, "--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"overnight {__version__}"
+
+
+def test_local_paths_are_one_line_errors(server: OvernightProcess, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "ok.jsonl", [chat_line("p1")])
+    cases = [
+        (("submit", str(tmp_path)), f"cannot read {tmp_path}: it is a directory"),
+        (("submit", str(tmp_path / "absent.jsonl")), "no such file"),
+        (("submit", str(src), "-o", str(tmp_path)), "it is a directory; name a file"),
+        (("submit", str(src), "-o", str(tmp_path / "no" / "r.jsonl")), "does not exist"),
+        (("results", "batch_x", "-o", str(tmp_path)), "it is a directory; name a file"),
+    ]
+    for args, message in cases:
+        run = cli(server, *args)
+        assert run.returncode == 2, (args, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, run.stderr)
+        assert run.stdout == "", args  # nothing was submitted
+
+
+def test_dash_o_writes_only_jsonl_to_stdout(server: OvernightProcess, tmp_path: Path) -> None:
+    ids = [f"d{i}" for i in range(6)]
+    src = write_jsonl(tmp_path / "dash.jsonl", [chat_line(i) for i in ids])
+    run = cli(server, "submit", str(src), "-o", "-", "--poll", "0.1")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]  # every line is JSON
+    assert [line["custom_id"] for line in lines] == ids
+    assert re.search(r"^batch batch_\w+$", run.stderr, re.M), run.stderr  # the id: on stderr
