@@ -68,6 +68,35 @@ class ResultRow(NamedTuple):
     upstream_request_id: str | None
 
 
+class FinishedRow(NamedTuple):
+    """A finished request as the results route shows it; `id` orders the stream."""
+
+    id: int
+    line: int
+    custom_id: str
+    state: int
+    status_code: int | None
+    response: bytes | None
+    error: str | None
+    upstream_request_id: str | None
+
+
+class FinishedPage(NamedTuple):
+    rows: list[FinishedRow]
+    cursor: int  # pass back as `after`: every finished row up to it has been examined
+    more: bool  # more finished rows are ready past `cursor`
+
+
+class StoredLine(NamedTuple):
+    """A request as the user sent it, with where it stands."""
+
+    line: int
+    custom_id: str
+    body: bytes
+    state: int
+    error: str | None
+
+
 @dataclass(slots=True)
 class Remembered:
     """What an idempotency key holds."""
@@ -173,6 +202,27 @@ class LedgerStore(Protocol):
 
     def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
         """Every row of a batch in line order."""
+
+    async def finished_page(
+        self,
+        batch_seq: int,
+        after: int,
+        limit: int,
+        *,
+        state: int | None = None,
+        custom_ids: Sequence[str] = (),
+    ) -> FinishedPage:
+        """Finished rows past the cursor `after`, in ledger (dispatch) order, optionally of one
+        state and some custom_ids. The page stops before the first request still open, so a
+        cursor never passes a request that finishes later."""
+
+    def stored_lines(
+        self, batch_seq: int, states: Sequence[int], page: int = 5000
+    ) -> AsyncIterator[StoredLine]:
+        """The requests of a batch in these states, in line order, as the user sent them."""
+
+    async def finished_since(self, batch_seq: int, since: float) -> int:
+        """How many requests of the batch finished at or after unix time `since`."""
 
     async def purge_finished(self, created_before: int) -> int: ...
     async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]: ...

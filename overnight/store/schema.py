@@ -102,6 +102,7 @@ requests = Table(
     Column("response", LargeBinary),
     Column("error", Text),
     Column("upstream_request_id", String(128)),
+    Column("finished_at", Float),  # unix time the request became done or failed
     Column("input_tokens", Tokens, nullable=False, default=0),
     Column("cached_tokens", Tokens, nullable=False, default=0),
     Column("output_tokens", Tokens, nullable=False, default=0),

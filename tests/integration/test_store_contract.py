@@ -7,6 +7,7 @@ for the real ones.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -206,6 +207,44 @@ async def test_the_ledger_leases_and_records_once(store: Store) -> None:
     assert rows[2].error == '{"code":"batch_cancelled","message":"x"}'
     sample = await store.ledger.failed_sample(seq, limit=2)
     assert [s["line"] for s in sample] == [2, 3] and sample[0]["status_code"] == 400
+
+
+async def test_finished_pages_never_pass_an_open_request(store: Store) -> None:
+    seq = await store.batches.add(batch())
+    await store.ledger.add_lines(seq, lines(6))
+    claimed = await store.ledger.claim(seq, "w", 6, T0 + 10)
+    ids = [c.id for c in claimed]
+    before = time.time()
+    # Lines 1, 2, 4 and 6 finish; 3 and 5 are still in flight.
+    failed = Outcome(ids[1], seq, False, 400, b"{}", '{"code":"c","message":"m"}', None, 1, Usage())
+    await store.ledger.record("w", [ok(ids[0], seq), failed, ok(ids[3], seq), ok(ids[5], seq)])
+    page = await store.ledger.finished_page(seq, 0, 10)
+    assert [r.line for r in page.rows] == [1, 2] and not page.more
+    assert page.cursor == ids[1]
+    assert page.rows[1].state == RequestState.FAILED and page.rows[1].error
+    # Paging with a limit, and filters, keep the same barrier.
+    first = await store.ledger.finished_page(seq, 0, 1)
+    assert [r.line for r in first.rows] == [1] and first.more and first.cursor == ids[0]
+    only_failed = await store.ledger.finished_page(seq, 0, 10, state=RequestState.FAILED)
+    assert [r.line for r in only_failed.rows] == [2] and only_failed.cursor == ids[1]
+    picked = await store.ledger.finished_page(seq, 0, 10, custom_ids=["r1", "r6"])
+    assert [r.line for r in picked.rows] == [1]
+    # Line 3 finishes: the stream moves up to line 5, still open.
+    await store.ledger.record("w", [ok(ids[2], seq)])
+    page = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert [r.line for r in page.rows] == [3, 4] and page.cursor == ids[3]
+    await store.ledger.close_open(seq, '{"code":"batch_cancelled","message":"x"}')
+    page = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert [r.line for r in page.rows] == [5, 6] and page.cursor == ids[5] and not page.more
+    empty = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert empty.rows == [] and empty.cursor == ids[5]
+    assert await store.ledger.finished_since(seq, before) == 6
+    assert await store.ledger.finished_since(seq, time.time() + 60) == 0
+    stored = [s async for s in store.ledger.stored_lines(seq, [RequestState.FAILED], page=1)]
+    assert [(s.line, s.custom_id, s.body) for s in stored] == [
+        (2, "r2", b'{"model":"m"}'),
+        (5, "r5", b'{"model":"m"}'),
+    ]
 
 
 async def test_counters_stop_moving_once_a_batch_is_closed(store: Store) -> None:
