@@ -467,7 +467,7 @@ def retry(
                 err.print(f"nothing to retry: {_message(exc)}", highlight=False, markup=False)
                 raise typer.Exit(0) from None
             if code == "batch_not_finished":
-                _fail(f"{_message(exc)} Retry it once it has ended (or cancel it first).")
+                _fail(_message(exc))
             raise
         _announce(new.id, output, err)
         old = client.batches.retrieve(batch_id)

@@ -87,36 +87,100 @@ def test_batches_show_cancel_and_merged_results(
     assert ok and cancelled_lines and len(ok) + len(cancelled_lines) == 120
     assert "wrote 120 results" in run.stderr
 
+    # retry takes the cancelled requests too: everything that did not succeed.
+    again = cli(server, "retry", batch_id)
+    assert again.returncode == 0, again.stderr
+    retried = again.stdout.strip()
+    total = http.get(f"/v1/batches/{retried}").json()
+    assert f"retrying {120 - len(ok)} of 120 requests of {batch_id}" in again.stderr
+    assert total["metadata"] == {"job": "nightly", "overnight_retry_of": batch_id}
+    assert cli(server, "cancel", retried).returncode == 0
 
-def test_retry_creates_a_batch_of_the_failed_requests_only(
+
+def test_failures_by_code_fail_on_errors_and_retry_of_the_failed_requests(
     server: OvernightProcess, http: httpx.Client, stub: StubServer, tmp_path: Path
 ) -> None:
     stub.configure(fail_rate=0.5, fail_status=400)  # 400 is final: no retry inside overnight
     src = write_jsonl(tmp_path / "flaky.jsonl", [chat_line(f"f{i}") for i in range(30)])
-    run = cli(server, "submit", str(src), "--wait", "--poll", "0.1")
-    assert run.returncode == 0, run.stderr
+    run = cli(server, "submit", str(src), "--wait", "--poll", "0.1", "--fail-on-errors")
     first = run.stdout.strip()
     batch = http.get(f"/v1/batches/{first}").json()
     failed = batch["request_counts"]["failed"]
-    assert 0 < failed < 30, batch
+    assert batch["status"] == "completed" and 0 < failed < 30, batch
+    assert run.returncode == 3, run.stderr  # completed, but some requests failed
     assert f"retry the failed requests: overnight retry {first}" in run.stderr
+    summary = http.get(f"/v1/batches/{first}/results/summary").json()
+    for group in summary["failures"]:  # one table row per code: count, model, a sample
+        row = next(line for line in run.stderr.splitlines() if f" {group['code']} " in line)
+        assert str(group["count"]) in row and "gpt-test" in row, run.stderr
+    assert "failures by code" in run.stderr and "'*'" not in run.stderr
+    shown = cli(server, "show", first)
+    assert shown.returncode == 0 and "failures by code" in shown.stdout, shown.stdout
+    assert sum(g["count"] for g in summary["failures"]) == failed
     errors = http.get(f"/v1/files/{batch['error_file_id']}/content").text.splitlines()
     failed_ids = {json.loads(x)["custom_id"] for x in errors}
 
     stub.configure(fail_rate=0.0)
     out = tmp_path / "retried.jsonl"
-    run = cli(server, "retry", first, "--wait", "--poll", "0.1", "-o", str(out))
+    args = ("--wait", "--poll", "0.1", "-o", str(out), "--fail-on-errors")
+    run = cli(server, "retry", first, *args)
     assert run.returncode == 0, run.stderr
-    assert f"retrying {failed} of 30 requests of {first}" in run.stderr
     second = run.stdout.strip()
     assert second.startswith("batch_") and second != first
+    assert f"retrying {failed} of 30 requests of {first} as {second}" in run.stderr
+    assert "failures by code" not in run.stderr
     retried = http.get(f"/v1/batches/{second}").json()
-    assert retried["metadata"] == {"retry_of": first}
+    assert retried["metadata"] == {"overnight_retry_of": first}
     assert retried["request_counts"] == {"total": failed, "completed": failed, "failed": 0}
     assert {x["custom_id"] for x in jsonl(out)} == failed_ids
 
     again = cli(server, "retry", second)
-    assert again.returncode == 0 and "nothing to retry" in again.stderr
+    assert again.returncode == 0 and "nothing to retry" in again.stderr, again.stderr
+    # Without --fail-on-errors a completed batch is success, failures or not.
+    stub.configure(fail_rate=0.5, fail_status=400)
+    plain = cli(server, "submit", str(src), "--wait", "--poll", "0.1")
+    assert plain.returncode == 0, plain.stderr
+
+
+def test_results_follow_writes_lines_as_they_finish_and_resumes(
+    server: OvernightProcess, http: httpx.Client, stub: StubServer, tmp_path: Path
+) -> None:
+    stub.configure(latency=1.0)  # 4 at a time (max_concurrency): 6 s for the batch
+    ids = [f"w{i}" for i in range(24)]
+    src = write_jsonl(tmp_path / "follow.jsonl", [chat_line(i) for i in ids])
+    batch_id = cli(server, "submit", str(src)).stdout.strip()
+    deadline = time.monotonic() + 60
+    while http.get(f"/v1/batches/{batch_id}").json()["request_counts"]["completed"] < 4:
+        assert time.monotonic() < deadline, "the batch never got going"
+        time.sleep(0.1)
+
+    # What has finished so far, then a stop: the cursor to resume from is printed.
+    out = tmp_path / "followed.jsonl"
+    part = cli(server, "results", batch_id, "--after", "0", "-o", str(out))
+    assert part.returncode == 0, part.stderr
+    got = len(jsonl(out))
+    assert 4 <= got < 24, part.stderr
+    assert f"wrote {got} lines to {out}; {batch_id} is in_progress" in part.stderr
+    cursor = re.search(rf"overnight results {batch_id} --follow --after (\d+)", part.stderr)
+    assert cursor, part.stderr
+
+    # Resumed, it appends the rest as it finishes and ends with the batch.
+    rest = cli(server, "results", batch_id, "--follow", "--after", cursor[1], "-o", str(out))
+    assert rest.returncode == 0, rest.stderr
+    assert f"{batch_id} is completed" in rest.stderr and "resume with" not in rest.stderr
+    followed = jsonl(out)
+    assert sorted(x["custom_id"] for x in followed) == sorted(ids)  # each line once
+
+    # Each line is the output file's line for that request.
+    merged = cli(server, "results", batch_id)
+    by_id = {x["custom_id"]: x for x in map(json.loads, merged.stdout.splitlines())}
+    assert all(x == by_id[x["custom_id"]] for x in followed)
+
+    # -f to stdout: JSONL only; --outcome narrows it.
+    piped = cli(server, "results", batch_id, "-f", "--outcome", "failed")
+    assert piped.returncode == 0 and piped.stdout == "", piped.stdout
+    piped = cli(server, "results", batch_id, "-f", "--outcome", "succeeded")
+    assert len(piped.stdout.splitlines()) == 24
 
 
 def test_progress_bar_on_a_terminal(server: OvernightProcess, tmp_path: Path) -> None:
