@@ -14,7 +14,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -37,19 +37,26 @@ from overnight.cli.connection import (  # noqa: F401 - DEFAULT_BASE_URL is part 
     base_url_of,
     make_client,
 )
-from overnight.cli.failures import failures_table, fetch_summary, print_failures
+from overnight.cli.failures import failures_table, fetch_summary
 from overnight.cli.progress import (
-    FAILED_REQUESTS_EXIT,
     ago,
     cost_text,
     counts,
-    exit_code,
-    follow,
     status_text,
     summary,
     tokens,
 )
 from overnight.cli.results import write_results
+from overnight.cli.running import (
+    FailOnErrors,
+    announce,
+    check_input,
+    check_output,
+    follow_or_detach,
+    see_through,
+    start,
+    to_stdout,
+)
 from overnight.cli.stream import Cursor, read_pages, resume_hint
 from overnight.models import TERMINAL
 
@@ -86,112 +93,6 @@ def _parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
-def _upload(client: Any, name: str, data: bytes | BinaryIO, err: Console) -> Any:
-    f = client.files.create(file=(name, data), purpose="batch")
-    deadline = time.monotonic() + 300
-    while f.status not in ("processed", "error", "deleted"):
-        if time.monotonic() > deadline:
-            _fail(f"file {f.id} is still {f.status} after 5 minutes")
-        time.sleep(0.2)
-        f = client.files.retrieve(f.id)
-    if f.status != "processed":
-        _fail(f"file {f.id} was not accepted: {f.status_details or f.status}")
-    err.print(f"uploaded {name} as {f.id} ({f.bytes} bytes)", highlight=False)
-    return f
-
-
-def _to_stdout(output: Path | None) -> bool:
-    return output is not None and str(output) == "-"
-
-
-def _check_input(path: Path) -> None:
-    """A one-line error now, rather than a traceback from deep inside an upload."""
-    if not path.exists():
-        _fail(f"cannot read {path}: no such file", 2)
-    if path.is_dir():
-        _fail(f"cannot read {path}: it is a directory, not a .jsonl file", 2)
-
-
-def _check_output(output: Path | None) -> None:
-    """Checked before anything is submitted: a batch should not run for hours only for
-    its results to have nowhere to go."""
-    if output is None or _to_stdout(output):
-        return
-    if output.is_dir():
-        _fail(f"cannot write results to {output}: it is a directory; name a file", 2)
-    parent = output.parent
-    if not parent.is_dir():
-        _fail(f"cannot write results to {output}: the directory {parent} does not exist", 2)
-
-
-def _announce(batch_id: str, output: Path | None, err: Console) -> None:
-    """The batch id on stdout for scripts; on stderr when stdout carries the results."""
-    if _to_stdout(output):
-        err.print(f"batch {batch_id}", highlight=False)
-    else:
-        print(batch_id, flush=True)
-
-
-def _start(
-    client: Any,
-    name: str,
-    data: bytes | BinaryIO,
-    endpoint: str,
-    metadata: dict[str, str] | None,
-    output: Path | None,
-) -> Any:
-    err = _err()
-    f = _upload(client, name, data, err)
-    kwargs: dict[str, Any] = {"metadata": metadata} if metadata else {}
-    batch = client.batches.create(
-        input_file_id=f.id, endpoint=endpoint, completion_window="24h", **kwargs
-    )
-    _announce(batch.id, output, err)
-    return batch
-
-
-def _see_through(
-    client: Any,
-    batch: Any,
-    wait: bool,
-    output: Path | None,
-    poll: float,
-    fail_on_errors: bool,
-) -> int:
-    """After a create: follow the batch if asked, then the summary, failures, results."""
-    err = _err()
-    if not (wait or output is not None):
-        err.print(f"follow it with: overnight show {batch.id}", highlight=False)
-        return 0
-    batch = _follow_or_detach(client, batch.id, poll, err)
-    summary(batch, err)
-    print_failures(client, batch.id, err)
-    if output is not None and (batch.output_file_id or batch.error_file_id):
-        write_results(client, batch, output, err)
-    return exit_code(batch, fail_on_errors)
-
-
-def _follow_or_detach(client: Any, batch_id: str, poll: float, err: Console) -> Any:
-    try:
-        return follow(client, batch_id, poll, err)
-    except KeyboardInterrupt:
-        err.print(
-            f"\nstopped watching; the batch keeps running. Check it: overnight show {batch_id}",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
-
-
-FailOnErrors = Annotated[
-    bool,
-    typer.Option(
-        "--fail-on-errors",
-        help=f"Exit with status {FAILED_REQUESTS_EXIT} when any request failed, even if the "
-        "batch completed (it is 1 when the batch itself did not complete).",
-    ),
-]
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -213,15 +114,15 @@ def submit(
     api_key: ApiKey = None,
 ) -> None:
     """Upload FILE and create a batch; prints the batch id. --wait (or -o) follows it."""
-    _check_input(file)
-    _check_output(output)
+    check_input(file)
+    check_output(output)
     meta = _parse_metadata(metadata)
     with api_errors(base_url, api_key):
         endpoint = endpoint or _endpoint_of(file) or "/v1/chat/completions"
         client = make_client(base_url, api_key)
         with file.open("rb") as fh:  # streamed by the SDK, not read into memory here
-            batch = _start(client, file.name, fh, endpoint, meta, output)
-        code = _see_through(client, batch, wait, output, poll, fail_on_errors)
+            batch = start(client, file.name, fh, endpoint, meta, output)
+        code = see_through(client, batch, wait, output, poll, fail_on_errors)
     raise typer.Exit(code)
 
 
@@ -380,7 +281,7 @@ def results(
 ) -> None:
     """Output and errors as one JSONL: in input order once it ends, or as they finish (-f)."""
     err = _err()
-    _check_output(output)
+    check_output(output)
     with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
         if follow_lines or after is not None or outcome is not None:
@@ -393,7 +294,7 @@ def results(
                     f"{b.id} is {b.status}; results come when it ends (add --wait), "
                     "or as they finish with --follow"
                 )
-            b = _follow_or_detach(client, b.id, poll, err)
+            b = follow_or_detach(client, b.id, poll, err)
         if not (b.output_file_id or b.error_file_id):
             summary(b, err)
             _fail(f"{b.id} ended {b.status} without results")
@@ -411,7 +312,7 @@ def _stream(
     err: Console,
 ) -> None:
     cursor = Cursor(after)
-    file = None if output is None or _to_stdout(output) else output
+    file = None if output is None or to_stdout(output) else output
     # Resuming appends: the lines before the cursor are already in the file.
     sink = file.open("ab" if after is not None else "wb") if file else sys.stdout.buffer
     try:
@@ -456,7 +357,7 @@ def retry(
     from openai.types import Batch
 
     err = _err()
-    _check_output(output)
+    check_output(output)
     with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
         try:
@@ -469,14 +370,14 @@ def retry(
             if code == "batch_not_finished":
                 _fail(_message(exc))
             raise
-        _announce(new.id, output, err)
+        announce(new.id, output, err)
         old = client.batches.retrieve(batch_id)
         completed, _failed, total = counts(old)
         err.print(
             f"retrying {total - completed} of {total} requests of {batch_id} as {new.id}",
             highlight=False,
         )
-        status = _see_through(client, new, wait, output, poll, fail_on_errors)
+        status = see_through(client, new, wait, output, poll, fail_on_errors)
     raise typer.Exit(status)
 
 
