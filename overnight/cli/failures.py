@@ -33,7 +33,9 @@ def failures_table(summary: dict[str, Any]) -> Table | None:
     rows = [f for f in summary.get("failures") or [] if isinstance(f, dict)]
     if not rows:
         return None
-    table = Table(box=box.SIMPLE_HEAD, title="failures by code", title_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, title="failures by code", title_justify="left"
+    )
     table.add_column("COUNT", justify="right", no_wrap=True)
     table.add_column("CODE", no_wrap=True)
     table.add_column("MODEL", no_wrap=True)
