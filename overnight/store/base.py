@@ -98,6 +98,18 @@ class StoredLine(NamedTuple):
 
 
 @dataclass(slots=True)
+class OutboxEvent:
+    """A webhook event waiting for its receiver's 2xx."""
+
+    id: str
+    project: str
+    body: bytes
+    attempts: int = 0
+    next_at: float = 0.0  # unix time of the next attempt
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
 class Remembered:
     """What an idempotency key holds."""
 
@@ -154,8 +166,16 @@ class BatchStore(Protocol):
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""
 
-    async def transition(self, batch_id: str, from_states: Iterable[str], **values: Any) -> bool:
-        """Set `values` (Batch fields) only if the batch is still in one of `from_states`."""
+    async def transition(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        *,
+        event: OutboxEvent | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set `values` (Batch fields) only if the batch is still in one of `from_states`;
+        `event` is queued with the change, all or nothing."""
 
     async def set_values(self, batch_id: str, **values: Any) -> None: ...
     async def finish(
@@ -167,8 +187,10 @@ class BatchStore(Protocol):
         counts: tuple[int, int, int],
         usage: Usage,
         outputs: Iterable[tuple[str, File]],
+        event: OutboxEvent | None = None,
     ) -> bool:
-        """Close the batch with its final counts and output files, all or nothing."""
+        """Close the batch with its final counts, output files and webhook event, all or
+        nothing."""
 
     async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
         """A batch-level lease, so one process validates or finalizes a batch at a time."""
@@ -226,6 +248,36 @@ class LedgerStore(Protocol):
 
     async def purge_finished(self, created_before: int) -> int: ...
     async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]: ...
+
+
+class EventStore(Protocol):
+    """The webhook outbox: events leased to one sender at a time, kept until delivered."""
+
+    async def add(self, event: OutboxEvent) -> None:
+        """Queue an event; an id already queued is not doubled."""
+
+    async def claim_due(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[OutboxEvent]:
+        """Lease events due by `now` that nobody holds (or whose holder's lease ran out)."""
+
+    async def delivered(self, event_id: str, owner: str) -> None:
+        """The receiver took it: the event goes, if `owner` still holds it."""
+
+    async def retry_at(
+        self, event_id: str, owner: str, attempts: int, next_at: float, error: str
+    ) -> None: ...
+    async def give_up(self, event_id: str, owner: str, attempts: int, error: str) -> None:
+        """Kept, as dead, for an operator to look at; never sent again."""
+
+    async def next_due(self) -> float | None:
+        """When the earliest waiting event is due (its lease's end, if held)."""
+
+    async def release_all(self) -> int:
+        """At start-up of a single-process store: every lease belonged to a dead process."""
+
+    async def counts(self) -> tuple[int, int]:
+        """(waiting, dead)."""
 
 
 class KeyStore(Protocol):
@@ -301,6 +353,8 @@ class Store(Protocol):
     def idempotency(self) -> IdempotencyStore: ...
     @property
     def fleet(self) -> FleetStore: ...
+    @property
+    def events(self) -> EventStore: ...
 
     @property
     def single_process(self) -> bool:

@@ -120,6 +120,23 @@ requests = Table(
     ),
 )
 
+# The webhook outbox: one row per event until its receiver answers 2xx (state 0), or for
+# good once it gave up (state 1). A sender leases rows, so one process sends at a time.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project", String(255), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", SmallInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_error", Text),
+    Index("ix_webhook_events_due", "state", "next_at"),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

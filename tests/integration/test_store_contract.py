@@ -17,7 +17,7 @@ from overnight.jsonl import Line
 from overnight.models import Batch, BatchError, BatchStatus, File, RequestState, Usage, new_batch_id
 from overnight.settings import normalize_database_url
 from overnight.store import Store, open_store
-from overnight.store.base import KEY_TTL, Outcome
+from overnight.store.base import KEY_TTL, OutboxEvent, Outcome
 from overnight.store.keys import hash_key
 from tests.scaleout.infra import create_database, drop_database, postgres_available
 
@@ -245,6 +245,49 @@ async def test_finished_pages_never_pass_an_open_request(store: Store) -> None:
         (2, "r2", b'{"model":"m"}'),
         (5, "r5", b'{"model":"m"}'),
     ]
+
+
+async def test_the_outbox_leases_each_event_to_one_sender(store: Store) -> None:
+    events = store.events
+    first, second = OutboxEvent("evt_1", "p", b'{"a":1}'), OutboxEvent("evt_2", "p", b"{}", 0, 5.0)
+    await events.add(first)
+    await events.add(OutboxEvent("evt_1", "p", b"other"))  # the same id: not doubled
+    await events.add(second)
+    assert await events.counts() == (2, 0)
+    assert await events.next_due() == 0.0
+    [got] = await events.claim_due("a", now=1.0, lease_until=11.0, limit=10)
+    assert (got.id, got.body) == ("evt_1", b'{"a":1}')
+    assert await events.claim_due("b", now=2.0, lease_until=12.0, limit=10) == []  # a holds it
+    # a died: once its lease ends b takes the event; a's late answer changes nothing.
+    assert [e.id for e in await events.claim_due("b", 12.0, 22.0, 10)] == ["evt_1", "evt_2"]
+    await events.delivered("evt_1", "a")
+    assert await events.counts() == (2, 0)
+    await events.delivered("evt_1", "b")
+    await events.retry_at("evt_2", "b", 1, 30.0, "HTTP 500")
+    assert await events.counts() == (1, 0) and await events.next_due() == 30.0
+    assert await events.claim_due("c", 29.0, 40.0, 10) == []
+    [again] = await events.claim_due("c", 30.0, 40.0, 10)
+    assert (again.attempts, again.last_error) == (1, "HTTP 500")
+    assert await events.release_all() == 1
+    [again] = await events.claim_due("d", 31.0, 41.0, 10)
+    await events.give_up("evt_2", "d", 2, "HTTP 500")
+    assert await events.counts() == (0, 1) and await events.next_due() is None
+    assert await events.claim_due("e", 99.0, 109.0, 10) == []
+
+
+async def test_a_batch_and_its_event_commit_together(store: Store) -> None:
+    b = batch()
+    await store.batches.add(b)
+    event = OutboxEvent("evt_done", "p", b"{}")
+    closed = await store.batches.finish(
+        b.id, [BatchStatus.IN_PROGRESS], "completed", T0, (0, 0, 0), Usage(), [], event
+    )
+    assert closed and await store.events.counts() == (1, 0)
+    late = OutboxEvent("evt_late", "p", b"{}")
+    assert not await store.batches.transition(
+        b.id, [BatchStatus.IN_PROGRESS], event=late, status="failed"
+    )
+    assert [e.id for e in await store.events.claim_due("w", 1.0, 2.0, 10)] == ["evt_done"]
 
 
 async def test_counters_stop_moving_once_a_batch_is_closed(store: Store) -> None:
