@@ -61,6 +61,17 @@ def base_url_of(value: str | None) -> str:
     return url
 
 
+def sdk_http() -> Any:
+    """The HTTP library the installed openai SDK is built on: httpx up to openai 2, httpx2
+    from openai 3. Its own Response and errors are what the SDK hands back and expects."""
+    import importlib
+
+    import openai
+
+    client = next(c for c in openai.DefaultHttpxClient.__mro__[1:] if c.__name__ == "Client")
+    return importlib.import_module(client.__module__.split(".")[0])
+
+
 class _Transport:
     """The SDK's HTTP transport, with two changes.
 
@@ -70,20 +81,18 @@ class _Transport:
     on a placeholder), so the server answers as to a call without a key."""
 
     def __init__(self, send_key: bool) -> None:
-        import httpx2
-
-        self._inner = httpx2.HTTPTransport()
+        self._http = sdk_http()
+        self._inner = self._http.HTTPTransport()
         self._send_key = send_key
 
     def handle_request(self, request: Any) -> Any:
-        import httpx2
         import openai
 
         if not self._send_key:
             request.headers.pop("authorization", None)
         try:
             return self._inner.handle_request(request)
-        except httpx2.ConnectError as exc:
+        except self._http.ConnectError as exc:
             raise openai.APIConnectionError(request=request) from exc
 
     def close(self) -> None:
@@ -91,12 +100,11 @@ class _Transport:
 
 
 def make_client(base_url: str | None, api_key: str | None) -> Any:
-    import httpx2
     import openai
 
     http = openai.DefaultHttpxClient(
         transport=_Transport(send_key=bool(api_key)),  # type: ignore[arg-type]
-        timeout=httpx2.Timeout(120.0, connect=10.0),
+        timeout=sdk_http().Timeout(120.0, connect=10.0),
     )
     return openai.OpenAI(
         base_url=base_url_of(base_url), api_key=api_key or "-", max_retries=2, http_client=http

@@ -13,16 +13,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from overnight.cli.connection import sdk_http
+
 MAX_MESSAGE = 160
 
 
 def fetch_summary(client: Any, batch_id: str) -> dict[str, Any] | None:
     """The summary, or None where the server has no such route (another Batch API)."""
-    import httpx2
     import openai
 
     try:
-        response = client.get(f"/batches/{batch_id}/results/summary", cast_to=httpx2.Response)
+        path = f"/batches/{batch_id}/results/summary"
+        response = client.get(path, cast_to=sdk_http().Response)
         body = response.json()
     except (openai.APIStatusError, ValueError):
         return None

@@ -8,6 +8,7 @@ from typing import Any, BinaryIO
 
 from rich.console import Console
 
+from overnight.cli.connection import sdk_http
 from overnight.models import TERMINAL
 
 PAGE = 1000  # lines per request: the route's default, well under its maximum
@@ -35,8 +36,7 @@ def read_pages(
     """Write pages of finished lines to `sink` until none is ready (and, when following,
     until the batch has ended). The cursor moves only after a page is written and flushed,
     so an interrupted run resumed with its cursor neither skips nor repeats a line."""
-    import httpx2
-
+    response_type = sdk_http().Response
     path = f"/batches/{batch_id}/results"
     while True:
         params: dict[str, Any] = {"limit": PAGE}
@@ -44,7 +44,7 @@ def read_pages(
             params["after"] = cursor.after
         if outcome:
             params["outcome"] = outcome
-        response = client.get(path, cast_to=httpx2.Response, options={"params": params})
+        response = client.get(path, cast_to=response_type, options={"params": params})
         body: bytes = response.content
         if body.strip():
             sink.write(body if body.endswith(b"\n") else body + b"\n")
