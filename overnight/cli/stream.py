@@ -3,7 +3,11 @@ results route, with a cursor that resumes where a stopped run left off (`--after
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from rich.console import Console
@@ -45,21 +49,50 @@ def read_pages(
         if outcome:
             params["outcome"] = outcome
         response = client.get(path, cast_to=response_type, options={"params": params})
-        body: bytes = response.content
-        if body.strip():
-            sink.write(body if body.endswith(b"\n") else body + b"\n")
-            sink.flush()
-            cursor.lines += sum(1 for line in body.splitlines() if line.strip())
+        with _interrupt_after():  # a page and the cursor past it move together
+            _write_page(sink, response, cursor)
         headers = response.headers
-        nxt = headers.get("x-overnight-next-after")
-        if nxt is not None and nxt.strip().lstrip("-").isdigit():
-            cursor.after = int(nxt)
         cursor.status = headers.get("x-overnight-batch-status")
         if headers.get("x-overnight-has-more") == "true":
             continue
         if not follow or cursor.status in TERMINAL or cursor.status is None:
             return
         time.sleep(poll)
+
+
+def _write_page(sink: BinaryIO, response: Any, cursor: Cursor) -> None:
+    body: bytes = response.content
+    if body.strip():
+        sink.write(body if body.endswith(b"\n") else body + b"\n")
+        sink.flush()
+        cursor.lines += sum(1 for line in body.splitlines() if line.strip())
+    nxt = response.headers.get("x-overnight-next-after")
+    if nxt is not None and nxt.strip().isdigit():
+        cursor.after = int(nxt)
+
+
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block is done, then raise it: stopped between a page
+    written and its cursor saved, the printed cursor would repeat that page. A second
+    Ctrl-C (a write stuck on a full pipe) stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def resume_hint(batch_id: str, cursor: Cursor, err: Console) -> None:

@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -154,15 +155,25 @@ def test_results_follow_writes_lines_as_they_finish_and_resumes(
         assert time.monotonic() < deadline, "the batch never got going"
         time.sleep(0.1)
 
-    # What has finished so far, then a stop: the cursor to resume from is printed.
+    # Following, then Ctrl-C: the lines so far are kept and the cursor to resume from is said.
     out = tmp_path / "followed.jsonl"
-    part = cli(server, "results", batch_id, "--after", "0", "-o", str(out))
-    assert part.returncode == 0, part.stderr
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "results", batch_id, "-f", "-o", str(out)],
+        env=cli_env(server),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not out.exists() or len(out.read_text().splitlines()) < 4:
+        assert follower.poll() is None and time.monotonic() < deadline, "no lines came"
+        time.sleep(0.05)
+    follower.send_signal(signal.SIGINT)
+    _, stderr = follower.communicate(timeout=60)
+    assert follower.returncode == 130, stderr
     got = len(jsonl(out))
-    assert 4 <= got < 24, part.stderr
-    assert f"wrote {got} lines to {out}; {batch_id} is in_progress" in part.stderr
-    cursor = re.search(rf"overnight results {batch_id} --follow --after (\d+)", part.stderr)
-    assert cursor, part.stderr
+    assert 4 <= got < 24, stderr
+    assert f"stopped after {got} lines" in stderr and "Traceback" not in stderr, stderr
+    cursor = re.search(rf"overnight results {batch_id} --follow --after (\d+)", stderr)
+    assert cursor, stderr
 
     # Resumed, it appends the rest as it finishes and ends with the batch.
     rest = cli(server, "results", batch_id, "--follow", "--after", cursor[1], "-o", str(out))
@@ -175,6 +186,11 @@ def test_results_follow_writes_lines_as_they_finish_and_resumes(
     merged = cli(server, "results", batch_id)
     by_id = {x["custom_id"]: x for x in map(json.loads, merged.stdout.splitlines())}
     assert all(x == by_id[x["custom_id"]] for x in followed)
+
+    # --after without -f: what has finished past the cursor, now.
+    now = cli(server, "results", batch_id, "--after", "0")
+    assert len(now.stdout.splitlines()) == 24 and f"{batch_id} is completed" in now.stderr
+    assert "resume with" not in now.stderr
 
     # -f to stdout: JSONL only; --outcome narrows it.
     piped = cli(server, "results", batch_id, "-f", "--outcome", "failed")
