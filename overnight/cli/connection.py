@@ -140,8 +140,8 @@ def api_errors(base_url: str | None, api_key: str | None = None) -> Iterator[Non
         if _is_unknown_route(exc):
             _fail(
                 f"404: {_message(exc)}. Is the base URL right? It is {url}; an overnight "
-                "server answers at http://HOST:PORT/v1 (OpenAI) or http://HOST:PORT/openai "
-                "(Azure). Set it with --base-url or OPENAI_BASE_URL."
+                "server answers at http://HOST:PORT/v1 (or give just http://HOST:PORT). "
+                "Set it with --base-url or OPENAI_BASE_URL."
             )
         _fail(f"404: {_message(exc)}")
     except openai.APIStatusError as exc:
