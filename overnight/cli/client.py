@@ -10,9 +10,11 @@ to stdout (batch ids, tables, JSON, result lines).
 from __future__ import annotations
 
 import json
+import sys
 import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -35,18 +37,34 @@ from overnight.cli.connection import (  # noqa: F401 - DEFAULT_BASE_URL is part 
     base_url_of,
     make_client,
 )
+from overnight.cli.failures import failures_table, fetch_summary
 from overnight.cli.progress import (
     ago,
     cost_text,
     counts,
-    exit_code,
-    follow,
     status_text,
     summary,
     tokens,
 )
-from overnight.cli.results import download, input_lines, parse_jsonl, succeeded, write_results
+from overnight.cli.results import write_results
+from overnight.cli.running import (
+    FailOnErrors,
+    announce,
+    check_input,
+    check_output,
+    follow_or_detach,
+    see_through,
+    start,
+    to_stdout,
+)
+from overnight.cli.stream import Cursor, read_pages, resume_hint
 from overnight.models import TERMINAL
+
+
+class Outcome(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+
 
 # --- creating batches ------------------------------------------------------------------------
 
@@ -75,64 +93,12 @@ def _parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
-def _upload(client: Any, name: str, data: bytes | BinaryIO, err: Console) -> Any:
-    f = client.files.create(file=(name, data), purpose="batch")
-    deadline = time.monotonic() + 300
-    while f.status not in ("processed", "error", "deleted"):
-        if time.monotonic() > deadline:
-            _fail(f"file {f.id} is still {f.status} after 5 minutes")
-        time.sleep(0.2)
-        f = client.files.retrieve(f.id)
-    if f.status != "processed":
-        _fail(f"file {f.id} was not accepted: {f.status_details or f.status}")
-    err.print(f"uploaded {name} as {f.id} ({f.bytes} bytes)", highlight=False)
-    return f
-
-
-def _start(
-    client: Any,
-    name: str,
-    data: bytes | BinaryIO,
-    endpoint: str,
-    metadata: dict[str, str] | None,
-    wait: bool,
-    output: Path | None,
-    poll: float,
-) -> int:
-    err = _err()
-    f = _upload(client, name, data, err)
-    kwargs: dict[str, Any] = {"metadata": metadata} if metadata else {}
-    batch = client.batches.create(
-        input_file_id=f.id, endpoint=endpoint, completion_window="24h", **kwargs
-    )
-    print(batch.id, flush=True)
-    if not (wait or output is not None):
-        err.print(f"follow it with: overnight show {batch.id}", highlight=False)
-        return 0
-    batch = _follow_or_detach(client, batch.id, poll, err)
-    summary(batch, err)
-    if output is not None and (batch.output_file_id or batch.error_file_id):
-        write_results(client, batch, output, err)
-    return exit_code(batch)
-
-
-def _follow_or_detach(client: Any, batch_id: str, poll: float, err: Console) -> Any:
-    try:
-        return follow(client, batch_id, poll, err)
-    except KeyboardInterrupt:
-        err.print(
-            f"\nstopped watching; the batch keeps running. Check it: overnight show {batch_id}",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
 @app.command(rich_help_panel="Client")
 def submit(
-    file: Annotated[Path, typer.Argument(help="The .jsonl file of requests.", exists=True)],
+    file: Annotated[Path, typer.Argument(help="The .jsonl file of requests.")],
     endpoint: Annotated[
         str | None,
         typer.Option(help="Batch endpoint (default: the url of the file's first line)."),
@@ -142,17 +108,21 @@ def submit(
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE, repeatable.")
     ] = None,
+    fail_on_errors: FailOnErrors = False,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
     """Upload FILE and create a batch; prints the batch id. --wait (or -o) follows it."""
-    endpoint = endpoint or _endpoint_of(file) or "/v1/chat/completions"
+    check_input(file)
+    check_output(output)
     meta = _parse_metadata(metadata)
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
+        endpoint = endpoint or _endpoint_of(file) or "/v1/chat/completions"
         client = make_client(base_url, api_key)
         with file.open("rb") as fh:  # streamed by the SDK, not read into memory here
-            code = _start(client, file.name, fh, endpoint, meta, wait, output, poll)
+            batch = start(client, file.name, fh, endpoint, meta, output)
+        code = see_through(client, batch, wait, output, poll, fail_on_errors)
     raise typer.Exit(code)
 
 
@@ -164,7 +134,7 @@ def list_batches(
     api_key: ApiKey = None,
 ) -> None:
     """List recent batches."""
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
         page = make_client(base_url, api_key).batches.list(limit=limit)
         items = list(page.data)
     if as_json:
@@ -210,11 +180,13 @@ def show(
     api_key: ApiKey = None,
 ) -> None:
     """Show one batch: status, counts, tokens, cost, timeline, errors, files."""
-    with api_errors(base_url):
-        b = make_client(base_url, api_key).batches.retrieve(batch_id)
-    if as_json:
-        print(json.dumps(b.model_dump(mode="json"), indent=2))
-        return
+    with api_errors(base_url, api_key):
+        client = make_client(base_url, api_key)
+        b = client.batches.retrieve(batch_id)
+        if as_json:
+            print(json.dumps(b.model_dump(mode="json"), indent=2))
+            return
+        failures = fetch_summary(client, b.id) if counts(b)[1] else None
     out = _out()
     completed, failed, total = counts(b)
     grid = Table.grid(padding=(0, 2))
@@ -260,6 +232,9 @@ def show(
         for e in b.errors.data:
             table.add_row(str(e.line or "—"), e.code or "", Text(e.message or ""))
         out.print(table)
+    by_code = failures_table(failures) if failures else None
+    if by_code is not None:
+        out.print(by_code)
 
 
 @app.command(rich_help_panel="Client")
@@ -269,7 +244,7 @@ def cancel(
     api_key: ApiKey = None,
 ) -> None:
     """Cancel a batch: requests in flight finish, the rest end as batch_cancelled."""
-    with api_errors(base_url):
+    with api_errors(base_url, api_key):
         b = make_client(base_url, api_key).batches.cancel(batch_id)
     print(f"{b.id} {b.status}")
 
@@ -279,67 +254,134 @@ def results(
     batch_id: Annotated[str, typer.Argument(help="The batch id.")],
     output: Output = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the batch to end first.")] = False,
+    follow_lines: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Write lines as they finish, while the batch runs, in the order overnight "
+            "ran them; ends when the batch does.",
+        ),
+    ] = False,
+    after: Annotated[
+        int | None,
+        typer.Option(
+            "--after",
+            help="Resume a stream from this cursor (printed by an earlier --follow); "
+            "with -o FILE the lines are appended.",
+            show_default=False,
+        ),
+    ] = None,
+    outcome: Annotated[
+        Outcome | None, typer.Option("--outcome", help="Only these lines (with --follow/--after).")
+    ] = None,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Download output and errors as one JSONL, in the input file's order."""
+    """Output and errors as one JSONL: in input order once it ends, or as they finish (-f)."""
     err = _err()
-    with api_errors(base_url):
+    check_output(output)
+    with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
+        if follow_lines or after is not None or outcome is not None:
+            _stream(client, batch_id, output, after, outcome, follow_lines, poll, err)
+            return
         b = client.batches.retrieve(batch_id)
         if b.status not in TERMINAL:
             if not wait:
-                _fail(f"{b.id} is {b.status}; results come when it ends (add --wait)")
-            b = _follow_or_detach(client, b.id, poll, err)
+                _fail(
+                    f"{b.id} is {b.status}; results come when it ends (add --wait), "
+                    "or as they finish with --follow"
+                )
+            b = follow_or_detach(client, b.id, poll, err)
         if not (b.output_file_id or b.error_file_id):
             summary(b, err)
             _fail(f"{b.id} ended {b.status} without results")
         write_results(client, b, output, err)
 
 
+def _stream(
+    client: Any,
+    batch_id: str,
+    output: Path | None,
+    after: int | None,
+    outcome: Outcome | None,
+    follow_lines: bool,
+    poll: float,
+    err: Console,
+) -> None:
+    cursor = Cursor(after)
+    file = None if output is None or to_stdout(output) else output
+    # Resuming appends: the lines before the cursor are already in the file.
+    sink = file.open("ab" if after is not None else "wb") if file else sys.stdout.buffer
+    try:
+        read_pages(
+            client,
+            batch_id,
+            sink,
+            cursor,
+            follow=follow_lines,
+            poll=poll,
+            outcome=outcome.value if outcome else None,
+        )
+    except KeyboardInterrupt:
+        err.print(f"\nstopped after {cursor.lines} lines", highlight=False)
+        resume_hint(batch_id, cursor, err)
+        raise typer.Exit(130) from None
+    finally:
+        if file:
+            sink.close()
+    where = f" to {file}" if file else ""
+    err.print(f"wrote {cursor.lines} lines{where}; {batch_id} is {cursor.status}", highlight=False)
+    if cursor.status not in TERMINAL:
+        resume_hint(batch_id, cursor, err)
+
+
 @app.command(rich_help_panel="Client")
 def retry(
-    batch_id: Annotated[str, typer.Argument(help="The batch whose failed requests to run again.")],
+    batch_id: Annotated[
+        str, typer.Argument(help="The ended batch whose failed or unfinished requests to rerun.")
+    ],
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the new batch until it ends.")
     ] = False,
     output: Output = None,
+    fail_on_errors: FailOnErrors = False,
     poll: Poll = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Create a new batch from the requests of BATCH_ID that did not succeed."""
+    """A new batch of the requests of BATCH_ID that did not succeed (cancelled, expired too)."""
+    import openai
+    from openai.types import Batch
+
     err = _err()
-    with api_errors(base_url):
+    check_output(output)
+    with api_errors(base_url, api_key):
         client = make_client(base_url, api_key)
-        b = client.batches.retrieve(batch_id)
-        if b.status not in TERMINAL:
-            _fail(f"{b.id} is still {b.status}; retry it once it has ended")
-        requests = input_lines(client, b)
-        if requests is None:
-            _fail(
-                f"the input file {b.input_file_id} cannot be downloaded, so its requests are gone"
-            )
-        ok = {
-            line.get("custom_id")
-            for line, _raw in parse_jsonl(download(client, b.output_file_id))
-            if succeeded(line)
-        }
-        again = [raw for req, raw in requests if req.get("custom_id") not in ok]
-        if not again:
-            err.print(f"nothing to retry: every request of {b.id} succeeded", highlight=False)
-            raise typer.Exit(0)
-        err.print(f"retrying {len(again)} of {len(requests)} requests of {b.id}", highlight=False)
-        data = b"".join(raw + b"\n" for raw in again)
-        code = _start(
-            client,
-            f"retry-of-{b.id}.jsonl",
-            data,
-            b.endpoint,
-            {"retry_of": b.id},
-            wait,
-            output,
-            poll,
+        try:
+            new = client.post(f"/batches/{batch_id}/retry", cast_to=Batch, body={})
+        except openai.APIStatusError as exc:
+            code = _error_code(exc)
+            if code == "nothing_to_retry":
+                err.print(f"nothing to retry: {_message(exc)}", highlight=False, markup=False)
+                raise typer.Exit(0) from None
+            if code == "batch_not_finished":
+                _fail(_message(exc))
+            raise
+        announce(new.id, output, err)
+        old = client.batches.retrieve(batch_id)
+        completed, _failed, total = counts(old)
+        err.print(
+            f"retrying {total - completed} of {total} requests of {batch_id} as {new.id}",
+            highlight=False,
         )
-    raise typer.Exit(code)
+        status = see_through(client, new, wait, output, poll, fail_on_errors)
+    raise typer.Exit(status)
+
+
+def _error_code(exc: Any) -> str | None:
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return str(inner.get("code")) if isinstance(inner, dict) and inner.get("code") else None

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from overnight.cli.app import app
 from overnight.cli.server import ConfigOpt, DatabaseOpt, DataDirOpt, _load
-from overnight.settings import PROJECT_NAME
+from overnight.settings import PROJECT_NAME, Settings
 
 if TYPE_CHECKING:
+    from overnight.models import ApiKey
     from overnight.store import Store
 
 keys_app = typer.Typer(
@@ -30,12 +33,23 @@ app.add_typer(keys_app, name="keys")
 T = TypeVar("T")
 
 
-def _with_store(
-    data_dir: object, config: object, database_url: object, work: Callable[[Store], Awaitable[T]]
-) -> T:
-    from overnight.store import open_store  # not at import: keeps every other command fast
+def _settings(data_dir: object, config: object, database_url: object) -> Settings:
+    return _load(config_file=config, data_dir=data_dir, database_url=database_url)
 
-    s = _load(config_file=config, data_dir=data_dir, database_url=database_url)
+
+def _missing_database(s: Settings) -> Path | None:
+    """The SQLite file these settings name, when it does not exist yet (None otherwise):
+    reading keys must not create a data directory where there was none."""
+    url = s.resolved_database_url
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix):
+        return None
+    path = Path(url[len(prefix) :])
+    return None if path.exists() else path
+
+
+def _with_store(s: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    from overnight.store import open_store  # not at import: keeps every other command fast
 
     async def run() -> T:
         store = await open_store(s.resolved_database_url)
@@ -53,6 +67,64 @@ def _with_store(
             err=True,
         )
         raise typer.Exit(1) from None
+
+
+@dataclass(frozen=True)
+class _Created:
+    record: ApiKey
+    key: str
+    first: bool  # no key was in the database before (revoked ones count)
+    anonymous_batches: int  # in the project of calls made without a key (capped)
+    anonymous_files: int
+
+
+ANONYMOUS_COUNT_CAP = 1000
+
+
+async def _create(store: Store, project: str, name: str | None) -> _Created:
+    from overnight.api.auth import ANONYMOUS_PROJECT
+
+    first = not await store.keys.any_configured()
+    batches = files = 0
+    if first:
+        cap = ANONYMOUS_COUNT_CAP
+        found, _ = await store.batches.page(ANONYMOUS_PROJECT, limit=cap, after=None)
+        batches = len(found)
+        made, _ = await store.files.page(
+            ANONYMOUS_PROJECT, purpose=None, limit=cap, order="desc", after=None
+        )
+        files = len(made)
+    record, key = await store.keys.create(project, name)
+    return _Created(record, key, first, batches, files)
+
+
+def _first_key_warning(created: _Created) -> str:
+    from overnight.api.auth import ANONYMOUS_PROJECT
+
+    project = created.record.project
+    lines = [
+        "This is the first key, so authentication is now on: within a second, every server "
+        "on this database refuses calls without a valid key, from this machine too."
+    ]
+    if created.anonymous_batches or created.anonymous_files:
+        cap = ANONYMOUS_COUNT_CAP
+
+        def n(count: int) -> str:
+            return f"{count}+" if count >= cap else str(count)
+
+        owned = (
+            f"The {n(created.anonymous_batches)} batch(es) and {n(created.anonymous_files)} "
+            f"file(s) made without a key belong to project '{ANONYMOUS_PROJECT}'"
+        )
+        if project == ANONYMOUS_PROJECT:
+            lines.append(f"{owned}, this key's project: it sees them.")
+        else:
+            lines.append(
+                f"{owned} and stay there: a key of project '{project}' does not see them. To "
+                f"reach them, create a key for that project: overnight keys create "
+                f"--project {ANONYMOUS_PROJECT}"
+            )
+    return "\n".join(lines)
 
 
 def _when(stamp: int | None) -> str:
@@ -82,15 +154,16 @@ def create(
     if name is not None and not 0 < len(name) <= 128:
         typer.echo("overnight: --name must be 1-128 characters.", err=True)
         raise typer.Exit(2)
-    record, key = _with_store(
-        data_dir, config, database_url, lambda store: store.keys.create(project, name)
-    )
-    typer.echo(key)
+    s = _settings(data_dir, config, database_url)
+    created = _with_store(s, lambda store: _create(store, project, name))
+    typer.echo(created.key)
     typer.echo(
-        f"Created {record.id} for project '{project}'. This is the only time the key is "
-        "shown: store it now. Send it as 'Authorization: Bearer KEY' (or 'api-key: KEY').",
+        f"Created {created.record.id} for project '{project}'. This is the only time the key "
+        "is shown: store it now. Send it as 'Authorization: Bearer KEY' (or 'api-key: KEY').",
         err=True,
     )
+    if created.first and not s.api_keys:  # with OVERNIGHT_API_KEYS, auth was on already
+        typer.echo(_first_key_warning(created), err=True)
 
 
 @keys_app.command("list")
@@ -103,7 +176,12 @@ def list_keys(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show the keys in the database (never the keys themselves)."""
-    keys = _with_store(data_dir, config, database_url, lambda store: store.keys.list(project))
+    s = _settings(data_dir, config, database_url)
+    missing = _missing_database(s)
+    if missing is not None:
+        typer.echo(f"(no keys: there is no database at {missing} yet)", err=True)
+        return
+    keys = _with_store(s, lambda store: store.keys.list(project))
     rows = [("ID", "PROJECT", "PREFIX", "NAME", "CREATED", "REVOKED")]
     rows += [
         (k.id, k.project, k.prefix + "...", k.name or "-", _when(k.created_at), _when(k.revoked_at))
@@ -124,8 +202,22 @@ def revoke(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Revoke a key: running servers refuse it within a few seconds."""
-    record = _with_store(data_dir, config, database_url, lambda store: store.keys.revoke(key_id))
+    s = _settings(data_dir, config, database_url)
+
+    async def work(store: Store) -> tuple[ApiKey | None, int]:
+        record = await store.keys.revoke(key_id)
+        active = [k for k in await store.keys.list() if k.revoked_at is None]
+        return record, len(active)
+
+    record, active = (None, 0) if _missing_database(s) else _with_store(s, work)
     if record is None:
         typer.echo(f"overnight: no key with id {key_id!r} (see `overnight keys list`).", err=True)
         raise typer.Exit(1)
     typer.echo(f"Revoked {record.id} (project '{record.project}', {record.prefix}...).")
+    if active == 0 and not s.api_keys:
+        typer.echo(
+            "That was the last active key. Authentication stays on (revoked keys still count "
+            "as set up): every call is refused, from this machine too, until you create a key "
+            "with `overnight keys create --project NAME`.",
+            err=True,
+        )

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -90,25 +87,65 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
+# When requests stopped finishing, for a batch that is over (or winding up).
+_ENDS = ("finalizing_at", "completed_at", "failed_at", "cancelled_at", "expired_at")
+
+
+def rate_of(batch: Any, now: float | None = None) -> float | None:
+    """Requests finished per second since the batch started running: done / elapsed.
+
+    An average over the whole run, not over the last polls: answers arrive in bursts
+    (a window of concurrent requests ending together), and a short window turned one
+    burst into a rate ten times the run's."""
+    started = getattr(batch, "in_progress_at", None)
+    completed, failed, _total = counts(batch)
+    done = completed + failed
+    if not started or not done:
+        return None
+    ended = next((getattr(batch, f, None) for f in _ENDS if getattr(batch, f, None)), None)
+    elapsed = (ended or (time.time() if now is None else now)) - started
+    return done / elapsed if elapsed >= 1.0 else None
+
+
+def eta_of(batch: Any, rate: float | None) -> float | None:
+    completed, failed, total = counts(batch)
+    remaining = total - completed - failed
+    if not rate or batch.status != "in_progress" or remaining <= 0:
+        return None
+    return remaining / rate
+
+
+def _counting(task: Task) -> bool:
+    """Whether the bar has a total: while validating there is none, only the status."""
+    return task.total is not None and task.fields.get("status") != "validating"
+
+
+class CountColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        if not _counting(task):
+            return Text("")
+        return Text(f"{int(task.completed)}/{int(task.total or 0)}", style="progress.download")
+
+
+class FailedColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.fields['failed']} failed", style="red") if _counting(task) else Text("")
+
+
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} req/s" if speed else "- req/s", style="progress.data.speed")
+        if not _counting(task):
+            return Text("")
+        rate = task.fields.get("rate")
+        return Text(f"{rate:.2f} req/s" if rate else "- req/s", style="progress.data.speed")
 
 
-class _Rate:
-    """Requests finished per second over the last 30 s of polls (plain output)."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def add(self, done: int) -> float | None:
-        t = time.monotonic()
-        self.samples.append((t, done))
-        while len(self.samples) > 2 and t - self.samples[0][0] > 30:
-            self.samples.popleft()
-        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
-        return (d1 - d0) / (t1 - t0) if t1 - t0 >= 1.0 and d1 > d0 else None
+class EtaColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        if not _counting(task) or eta is None:
+            return Text("")
+        return Text(f"ETA {duration(eta)}", style="progress.remaining")
 
 
 def progress_line(batch: Any, rate: float | None) -> str:
@@ -118,9 +155,10 @@ def progress_line(batch: Any, rate: float | None) -> str:
         return f"{batch.id} validating"
     parts = [f"{batch.id} {batch.status}: {done}/{total} done", f"{failed} failed"]
     if rate:
-        parts.append(f"{rate:.1f} req/s")
-        if batch.status == "in_progress" and total > done:
-            parts.append(f"ETA {duration((total - done) / rate)}")
+        parts.append(f"{rate:.2f} req/s")
+        eta = eta_of(batch, rate)
+        if eta is not None:
+            parts.append(f"ETA {duration(eta)}")
     return ", ".join(parts)
 
 
@@ -129,11 +167,9 @@ def follow(client: Any, batch_id: str, poll: float, err: Console) -> Any:
     batch = client.batches.retrieve(batch_id)
     if err.is_terminal:
         return _follow_bar(client, batch, poll, err)
-    rate = _Rate()
     last_line, last_at, last_status = "", 0.0, None
     while True:
-        r = rate.add(sum(counts(batch)[:2]))
-        line = progress_line(batch, r)
+        line = progress_line(batch, rate_of(batch))
         now = time.monotonic()
         if batch.status != last_status or (line != last_line and now - last_at >= PLAIN_EVERY):
             err.print(line, highlight=False, soft_wrap=True)
@@ -148,23 +184,25 @@ def _follow_bar(client: Any, batch: Any, poll: float, err: Console) -> Any:
     columns = (
         TextColumn("[bold]{task.fields[status]:<11}"),
         BarColumn(bar_width=None),
-        MofNCompleteColumn(),
-        TextColumn("[red]{task.fields[failed]} failed"),
+        CountColumn(),
+        FailedColumn(),
         RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        EtaColumn(),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, expand=True) as bar:
         task = bar.add_task(batch.id, total=None, status=batch.status, failed=0)
         while True:
             completed, failed, total = counts(batch)
+            rate = rate_of(batch)
             bar.update(
                 task,
                 total=total or None,
                 completed=completed + failed,
                 status=batch.status,
                 failed=failed,
+                rate=rate,
+                eta=eta_of(batch, rate),
             )
             if batch.status in TERMINAL:
                 return batch
@@ -188,5 +226,10 @@ def summary(batch: Any, err: Console) -> None:
         err.print(f"retry the failed requests: overnight retry {batch.id}", highlight=False)
 
 
-def exit_code(batch: Any) -> int:
-    return 0 if batch.status == "completed" else 1
+FAILED_REQUESTS_EXIT = 3  # --fail-on-errors: the batch completed, some of its requests failed
+
+
+def exit_code(batch: Any, fail_on_errors: bool = False) -> int:
+    if batch.status != "completed":
+        return 1
+    return FAILED_REQUESTS_EXIT if fail_on_errors and counts(batch)[1] else 0

@@ -70,11 +70,3 @@ def write_results(client: Any, batch: Any, output: Path | None, err: Console) ->
         output.write_bytes(data)
         err.print(f"wrote {len(lines)} results to {output} ({how})", highlight=False)
     return len(lines)
-
-
-def succeeded(line: dict[str, Any]) -> bool:
-    response = line.get("response")
-    if not isinstance(response, dict):
-        return False
-    status = response.get("status_code")
-    return isinstance(status, int) and 200 <= status < 300
