@@ -241,7 +241,8 @@ async def _store_families(svc: Any, scheduler: Any) -> list[Metric]:
     )
     backlog_family.add_metric(["pending"], stats.pending)
     backlog_family.add_metric(["leased"], stats.leased)
-    stored_tokens = GaugeMetricFamily(
+    # Batches are never deleted and their usage only grows: a counter (read from the store).
+    stored_tokens = CounterMetricFamily(
         "overnight_batch_tokens",
         "Tokens used by every batch in the store (from the batches' usage).",
         labels=["kind"],

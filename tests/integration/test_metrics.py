@@ -99,7 +99,7 @@ def test_metrics_during_and_after_a_batch(server: OvernightProcess, stub: StubSe
     assert (
         value(after, "overnight_tokens_total", route=ROUTE, kind="output") == usage["output_tokens"]
     )
-    assert value(after, "overnight_batch_tokens", kind="output") == usage["output_tokens"]
+    assert value(after, "overnight_batch_tokens_total", kind="output") == usage["output_tokens"]
     assert ("process_cpu_seconds_total", ()) in after  # the process collector comes along
 
     # Durations: the batch from creation to completed, its phases, the API's answers.
