@@ -244,7 +244,10 @@ class Lane:
                     await self.ledger.release(self.owner, [item.req.id])
                     continue
                 self._sending.add(me)
-                await self._attempt(item, probe)
+                if tracing.enabled:
+                    await self._traced_attempt(item, probe)
+                else:
+                    await self._attempt(item, probe)
                 probe = False
             except asyncio.CancelledError:
                 cancelled = True  # what it held stays in `_held`, for `stop` to hand back
@@ -259,15 +262,13 @@ class Lane:
                 if probe:
                     self.breaker.release_probe()
 
-    async def _attempt(self, item: Item, probe: bool) -> None:
-        if not tracing.enabled:
-            await self._send(item, probe)
-            return
+    async def _traced_attempt(self, item: Item, probe: bool) -> None:
+        """`_attempt` in a span of its own (tracing on), current while the request is sent."""
         batch, req = item.batch, item.req
         with tracing.attempt(batch.id, batch.model, req.custom_id, req.attempts + 1) as span:
-            tracing.attempt_outcome(span, OUTCOMES[await self._send(item, probe)])
+            tracing.attempt_outcome(span, OUTCOMES[await self._attempt(item, probe)])
 
-    async def _send(self, item: Item, probe: bool) -> int:
+    async def _attempt(self, item: Item, probe: bool) -> int:
         """Send one request once; record its outcome, or queue it again after a backoff.
         Returns the outcome (an index of overnight.metrics.OUTCOMES).
 
