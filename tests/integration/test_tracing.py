@@ -30,11 +30,14 @@ def test_a_batch_is_one_trace_and_the_upstream_gets_its_traceparent(tmp_path: Pa
     from overnight.tracing import batch_trace_id
 
     lines = "".join(json.dumps(chat_line(i, text=f"say {i}")) + "\n" for i in IDS)
-    with OTLPReceiver() as receiver, StubServer.in_thread(StubConfig(seed=2)) as stub:
+    # Each request is answered 503 once, then 200: two attempts, two spans, two traceparents.
+    stub_config = StubConfig(seed=2, fail_first_n=1, fail_status=503)
+    with OTLPReceiver() as receiver, StubServer.in_thread(stub_config) as stub:
         env = {
             "PYTHONUNBUFFERED": "1",
             "OVERNIGHT_API_KEYS": f"{PROJECT}:{API_KEY}",
             "OVERNIGHT_UPSTREAM_URL": stub.url,
+            "OVERNIGHT_RETRY_BASE_DELAY": "0.05",
             "OVERNIGHT_TRACING": "1",
             "OVERNIGHT_LOG_FORMAT": "json",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
@@ -56,7 +59,7 @@ def test_a_batch_is_one_trace_and_the_upstream_gets_its_traceparent(tmp_path: Pa
 
             def complete(spans: list[ReceivedSpan]) -> bool:
                 names = [s.name for s in spans]
-                return names.count("upstream.attempt") == len(IDS) and {
+                return names.count("upstream.attempt") == 2 * len(IDS) and {
                     "batch.validate",
                     "batch.run",
                     "batch.finalize",
@@ -78,27 +81,37 @@ def test_a_batch_is_one_trace_and_the_upstream_gets_its_traceparent(tmp_path: Pa
         assert span.parent_span_id == ""
         assert span.attributes["overnight.batch.id"] == batch.id
 
-    attempts = {s.attributes["overnight.request.custom_id"]: s for s in by_name["upstream.attempt"]}
-    assert sorted(attempts) == IDS
-    for span in attempts.values():
+    attempts = {
+        (s.attributes["overnight.request.custom_id"], s.attributes["overnight.attempt"]): s
+        for s in by_name["upstream.attempt"]
+    }
+    assert sorted(attempts) == [(i, n) for i in IDS for n in (1, 2)]
+    for (_custom_id, number), span in attempts.items():
         assert span.parent_span_id == run.span_id
         assert span.kind == CLIENT
-        assert span.status_code != ERROR
         assert span.attributes["overnight.batch.id"] == batch.id
         assert span.attributes["gen_ai.request.model"] == "gpt-test"
-        assert span.attributes["overnight.attempt"] == 1
-        assert span.attributes["overnight.outcome"] == "ok"
-        assert span.attributes["http.response.status_code"] == 200
+        if number == 1:
+            assert span.attributes["overnight.outcome"] == "retried"
+            assert span.attributes["http.response.status_code"] == 503
+            assert span.status_code == ERROR
+        else:
+            assert span.attributes["overnight.outcome"] == "ok"
+            assert span.attributes["http.response.status_code"] == 200
+            assert span.status_code != ERROR
 
     # Each request the upstream saw carries the traceparent of its own attempt's span.
-    assert len(seen) == len(IDS)
+    assert len(seen) == len(attempts)
+    sent_under: dict[str, set[str]] = {}
     for request in seen:
         custom_id = request["body"]["messages"][0]["content"].removeprefix("say ")
         match = TRACEPARENT.match(request["headers"]["traceparent"])
         assert match, request["headers"]["traceparent"]
         assert match[1] == trace_id
-        assert match[2] == attempts[custom_id].span_id
         assert int(match[3], 16) & 1  # sampled
+        sent_under.setdefault(custom_id, set()).add(match[2])
+    for custom_id in IDS:
+        assert sent_under[custom_id] == {attempts[(custom_id, n)].span_id for n in (1, 2)}
 
     # JSON logs: every line one object; the batch's own lines name it.
     entries = [json.loads(line) for line in log_lines if line.strip()]
