@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import statistics
 import tempfile
@@ -87,17 +88,33 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OVERNIGHT_TRACING=1, spans exported to an OTLP/HTTP receiver on loopback",
+    )
     args = parser.parse_args()
     n, c = args.requests, args.concurrency
     data = chat_lines(n)
     print(f"machine: {machine()}")
     print(f"requests: {n}, concurrency: {c}, rounds: {args.rounds} (alternating, median kept)")
     bases, pools, tooks, cpus = [], [], [], []
-    with StubProcess(StubConfig()) as stub, tempfile.TemporaryDirectory() as tmp:
+    receiver = contextlib.nullcontext()
+    if args.tracing:
+        from tests.support.otlp_receiver import OTLPReceiver
+
+        receiver = OTLPReceiver()
+    with (
+        StubProcess(StubConfig()) as stub,
+        tempfile.TemporaryDirectory() as tmp,
+        receiver as otlp,
+    ):
         config = f'[models.bench-model]\nurl = "{stub.url}"\nmax_concurrency = {c}\n'
         with open(f"{tmp}/config.toml", "w") as fh:
             fh.write(config)
         env = {"OVERNIGHT_CONFIG": f"{tmp}/config.toml", "OVERNIGHT_MAX_REQUESTS_PER_BATCH": str(n)}
+        if otlp is not None:
+            env |= {"OVERNIGHT_TRACING": "1", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}
         with OvernightProcess(f"{tmp}/data", env=env) as server:
             client = OpenAI(base_url=f"{server.url}/v1", api_key="bench")
             for _ in range(args.rounds):
