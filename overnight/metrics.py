@@ -1,10 +1,12 @@
-"""Prometheus metrics, served at GET /metrics (the route is in overnight/web/routes.py).
+"""Prometheus metrics, served at GET /metrics (overnight/web/routes.py) and, for a
+worker, on its own port (overnight/metrics_server.py). Names: docs/observability.md.
 
 The engine's hot path only bumps plain integers on a per-route `RouteStats`
 (no labels looked up, no locks: everything runs on one event loop); they are
 turned into metric families when Prometheus scrapes. Gauges that describe the
 store (batches by status, ledger backlog) are read from the database at
 scrape time, so any process, API-only included, reports the same numbers.
+Counters are named without `_total`: prometheus-client adds it to the samples.
 """
 
 from __future__ import annotations
@@ -25,10 +27,22 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from overnight.models import Usage
+from overnight.settings import DEFAULT_ROUTE
 from overnight.webhooks import outcomes as webhook_outcomes
 
 # Upstream latency buckets (seconds): from a fast local server to a long generation.
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# API requests (seconds): most answer in milliseconds; uploads and downloads take longer.
+API_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Batches and their phases (seconds): from a one-line test batch to the longest window.
+BATCH_BOUNDS = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0, 604800.0,
+)  # fmt: skip
+# The catch-all route (`[models."*"]`, OVERNIGHT_UPSTREAM_URL or the embedded model)
+# serves every model name, so no model name fits it: its label is this word.
+DEFAULT_ROUTE_LABEL = "default"
 
 # What became of one attempt to send a request upstream.
 OUTCOMES = ("ok", "error_response", "retried", "gave_up", "internal_error", "unreachable")
@@ -63,7 +77,65 @@ class RouteStats:
             self.output_tokens += usage.output_tokens
 
 
+class Histogram:
+    """Observations counted into fixed buckets, for the families built at scrape time."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+
+def _cumulative(bounds: tuple[float, ...], buckets: list[int]) -> list[tuple[str, float]]:
+    total, out = 0, []  # type: tuple[int, list[tuple[str, float]]]
+    for bound, count in zip((*map(str, bounds), "+Inf"), buckets, strict=True):
+        total += count
+        out.append((bound, total))
+    return out
+
+
+def route_label(key: str) -> str:
+    """A route's name as /metrics shows it: the catch-all "*" reads "default"."""
+    return DEFAULT_ROUTE_LABEL if key == DEFAULT_ROUTE else key
+
+
 _routes: dict[str, RouteStats] = {}
+# (method, path template, status) -> durations of the API's answers.
+_api: dict[tuple[str, str, str], Histogram] = {}
+_batches: dict[str, Histogram] = {}  # final status -> created..closed
+_phases: dict[str, Histogram] = {}  # validate, run, finalize
+
+
+def api_request(method: str, handler: str, status: int, seconds: float) -> None:
+    key = (method, handler, str(status))
+    histogram = _api.get(key)
+    if histogram is None:
+        histogram = _api[key] = Histogram(API_BOUNDS)
+    histogram.observe(seconds)
+
+
+def _observe(table: dict[str, Histogram], key: str, seconds: float) -> None:
+    histogram = table.get(key)
+    if histogram is None:
+        histogram = table[key] = Histogram(BATCH_BOUNDS)
+    histogram.observe(max(0.0, seconds))
+
+
+def batch_ended(status: str, seconds: float) -> None:
+    """A batch this process closed: `seconds` from its creation to its final status."""
+    _observe(_batches, status, seconds)
+
+
+def batch_phase(phase: str, seconds: float) -> None:
+    """One phase of a batch: validate and finalize as this process ran them; run from
+    in_progress to finalizing, measured when the batch is finalized."""
+    _observe(_phases, phase, seconds)
 
 
 def route_stats(route: str) -> RouteStats:
@@ -97,14 +169,11 @@ def _engine_families() -> Iterator[Metric]:
         "Tokens in successful answers, as reported by the upstream's usage.",
         labels=["route", "kind"],
     )
-    for route, s in sorted(_routes.items()):
+    for key, s in sorted(_routes.items()):
+        route = route_label(key)
         for name, value in zip(OUTCOMES, s.outcomes, strict=True):
             requests_total.add_metric([route, name], value)
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, BOUNDS), "+Inf"), s.buckets, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
-        latency.add_metric([route], buckets, sum_value=s.latency_sum)
+        latency.add_metric([route], _cumulative(BOUNDS, s.buckets), sum_value=s.latency_sum)
         in_flight.add_metric([route], s.in_flight)
         tokens.add_metric([route, "input"], s.input_tokens)
         tokens.add_metric([route, "output"], s.output_tokens)
@@ -116,6 +185,35 @@ def _engine_families() -> Iterator[Metric]:
     for name, value in webhook_outcomes.items():
         webhooks.add_metric([name], value)
     yield from (requests_total, latency, in_flight, tokens, webhooks)
+    yield from _duration_families()
+
+
+def _duration_families() -> Iterator[Metric]:
+    api = HistogramMetricFamily(
+        "overnight_api_request_duration_seconds",
+        "Time the HTTP API took to answer, by method, path template and status code "
+        "(a download: until its last byte was handed to the server).",
+        labels=["method", "handler", "status"],
+    )
+    for (method, handler, status), h in sorted(_api.items()):
+        api.add_metric([method, handler, status], _cumulative(h.bounds, h.buckets), h.sum)
+    batches = HistogramMetricFamily(
+        "overnight_batch_duration_seconds",
+        "Time from a batch's creation to its final status, for the batches this process "
+        "closed (completed, failed, expired, cancelled).",
+        labels=["status"],
+    )
+    for status, h in sorted(_batches.items()):
+        batches.add_metric([status], _cumulative(h.bounds, h.buckets), h.sum)
+    phases = HistogramMetricFamily(
+        "overnight_batch_phase_duration_seconds",
+        "Time a batch spent in one phase: validate and finalize (as this process ran them), "
+        "run (from in_progress to finalizing).",
+        labels=["phase"],
+    )
+    for phase, h in sorted(_phases.items()):
+        phases.add_metric([phase], _cumulative(h.bounds, h.buckets), h.sum)
+    yield from (api, batches, phases)
 
 
 class _Families(Collector):
@@ -126,8 +224,7 @@ class _Families(Collector):
         return iter(self.families)
 
 
-async def _store_families(app: Any) -> list[Metric]:
-    svc = getattr(app.state, "services", None)
+async def _store_families(svc: Any, scheduler: Any) -> list[Metric]:
     if svc is None:
         return []
     stats = await svc.store.stats()
@@ -144,7 +241,8 @@ async def _store_families(app: Any) -> list[Metric]:
     )
     backlog_family.add_metric(["pending"], stats.pending)
     backlog_family.add_metric(["leased"], stats.leased)
-    stored_tokens = GaugeMetricFamily(
+    # Batches are never deleted and their usage only grows: a counter (read from the store).
+    stored_tokens = CounterMetricFamily(
         "overnight_batch_tokens",
         "Tokens used by every batch in the store (from the batches' usage).",
         labels=["kind"],
@@ -152,7 +250,6 @@ async def _store_families(app: Any) -> list[Metric]:
     stored_tokens.add_metric(["input"], stats.input_tokens)
     stored_tokens.add_metric(["output"], stats.output_tokens)
     families: list[Metric] = [status_family, backlog_family, stored_tokens]
-    scheduler = getattr(app.state, "scheduler", None)
     if scheduler is not None:
         concurrency = GaugeMetricFamily(
             "overnight_route_concurrency",
@@ -160,14 +257,16 @@ async def _store_families(app: Any) -> list[Metric]:
             labels=["route"],
         )
         for key, current in sorted(scheduler.route_concurrency().items()):
-            concurrency.add_metric([key], current)
+            concurrency.add_metric([route_label(key)], current)
         families.append(concurrency)
     return families
 
 
-async def render(app: Any) -> tuple[bytes, str]:
-    """The exposition text for one scrape, and its content type."""
+async def render(services: Any, scheduler: Any = None) -> tuple[bytes, str]:
+    """The exposition text for one scrape, and its content type. `services`: the process's
+    `Services` (None while starting); `scheduler`: its executor, if it runs one."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families([*_engine_families(), *await _store_families(app)]))
+    store = await _store_families(services, scheduler)
+    registry.register(_Families([*_engine_families(), *store]))
     # The default registry adds process_* and python_* metrics of this process.
     return generate_latest(REGISTRY) + generate_latest(registry), CONTENT_TYPE_LATEST

@@ -137,6 +137,15 @@ class Settings:
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     key_cache_seconds: float = 5.0  # a revoked database key stops working within this
     log_level: str = "info"
+    log_format: str = "text"  # OVERNIGHT_LOG_FORMAT=json: one JSON object per line
+    # `overnight worker --metrics-port`: /metrics of a worker (off without a port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # OpenTelemetry traces (the `otel` extra), docs/observability.md. The endpoint and the
+    # service name come from the OTel spec's own variables.
+    tracing: bool = False
+    otlp_traces_endpoint: str = "http://localhost:4318/v1/traces"
+    service_name: str = "overnight"
     prices: tuple[Price, ...] = ()  # [prices."model"]: estimated cost of batches
     webhooks: tuple[WebhookTarget, ...] = field(default=(), repr=False)  # [webhooks.project]
 
@@ -343,6 +352,7 @@ def load(
             "true",
             "yes",
         )
+    values.update(_observability(env))
     if env.get("OVERNIGHT_API_KEYS"):
         values["api_keys"] = _parse_api_keys(env["OVERNIGHT_API_KEYS"])
     values["routes"] = _routes_from_toml(doc, env)
@@ -352,6 +362,42 @@ def load(
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])
     return Settings(**values)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _observability(env: dict[str, str]) -> dict[str, Any]:
+    """Log format, a worker's metrics port, and tracing (OVERNIGHT_* and the OTEL_* names)."""
+    values: dict[str, Any] = {}
+    log_format = env.get("OVERNIGHT_LOG_FORMAT", "").strip().lower()
+    if log_format:
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"OVERNIGHT_LOG_FORMAT must be text or json, got {log_format[:40]!r}")
+        values["log_format"] = log_format
+    if env.get("OVERNIGHT_METRICS_HOST"):
+        values["metrics_host"] = env["OVERNIGHT_METRICS_HOST"]
+    if env.get("OVERNIGHT_METRICS_PORT"):
+        port = _number("OVERNIGHT_METRICS_PORT", env["OVERNIGHT_METRICS_PORT"], int)
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"OVERNIGHT_METRICS_PORT must be a port from 1 to 65535, got {port}")
+        values["metrics_port"] = port
+    if env.get("OVERNIGHT_TRACING"):
+        values["tracing"] = _flag(env["OVERNIGHT_TRACING"])
+    # The OTLP/HTTP exporter's spec: the signal's own endpoint is used as it is; the
+    # general one is a base to which /v1/traces is added.
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        values["otlp_traces_endpoint"] = env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    elif env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        base = env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/")
+        values["otlp_traces_endpoint"] = base + "/v1/traces"
+    if env.get("OTEL_SERVICE_NAME"):
+        values["service_name"] = env["OTEL_SERVICE_NAME"]
+    return values
 
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")

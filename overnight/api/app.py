@@ -17,6 +17,7 @@ from overnight.api.auth import KeyRing
 from overnight.api.limits import BodyLimitMiddleware
 from overnight.api.responses import JSON
 from overnight.api.schemas import install_openapi
+from overnight.api.timing import RequestTimingMiddleware
 from overnight.engine.scheduler import Scheduler
 from overnight.services import Services
 from overnight.settings import Settings
@@ -108,4 +109,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestTimingMiddleware, prefixes=PREFIXES)  # outermost: times all
     return app

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
+from overnight import tracing
 from overnight.backends.base import Backend, Response, TransientError, UnusableAnswer
 from overnight.backends.http1 import ConnectFailed, ConnectionPool, ProtocolError
 from overnight.backends.load import Load, add
@@ -170,9 +171,12 @@ class OpenAIHTTPBackend(Backend):
         replica = self._pick()
         path = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
         target = replica.path + path + (f"?{replica.query}" if replica.query else "")
+        headers = self._headers
+        if tracing.enabled:
+            headers += tracing.trace_headers()
         replica.outstanding += 1
         try:
-            answer = await replica.pool.post(target, self._headers, data, self.timeout)
+            answer = await replica.pool.post(target, headers, data, self.timeout)
         except TimeoutError:
             raise TransientError(
                 f"The upstream did not answer within {self.timeout:g} s.",
@@ -201,6 +205,8 @@ class OpenAIHTTPBackend(Backend):
             replica.outstanding -= 1
         replica.failures = 0
         replica.down_until = 0.0
+        if tracing.enabled:
+            tracing.upstream_status(answer.status)
         return _interpret(answer.status, answer.body, answer.headers)
 
 

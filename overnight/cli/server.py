@@ -46,6 +46,10 @@ StorageOpt = Annotated[
 ]
 
 
+class WorkerExit(Exception):
+    """The worker cannot start; the message says why."""
+
+
 def _load(**overrides: object) -> Settings:
     try:
         return settings_mod.load(**overrides)  # type: ignore[arg-type]
@@ -54,11 +58,16 @@ def _load(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("overnight").setLevel(getattr(logging, level.upper(), logging.INFO))
+def _setup_observability(s: Settings) -> None:
+    """Logging (text or JSON) and, if turned on, tracing; before anything logs."""
+    from overnight import logs, tracing
+
+    logs.setup(s.log_level, s.log_format)
+    try:
+        tracing.configure(s)
+    except ConfigError as exc:
+        typer.echo(f"overnight: {exc.message}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _database_has_keys(s: Settings) -> bool:
@@ -104,7 +113,7 @@ def serve(
         storage_url=storage_url,
         run_executor=False if no_executor else None,
     )
-    _setup_logging(s.log_level)
+    _setup_observability(s)
     if not s.api_keys and not is_loopback(s.host) and not _database_has_keys(s):
         typer.echo(
             f"overnight: refusing to listen on {s.host} without API keys. Set "
@@ -128,6 +137,8 @@ def serve(
         # header of any length, so one connection could grow the process without limit.
         http="h11",
         h11_max_incomplete_event_size=64 * 1024,
+        # JSON logs: uvicorn's loggers go through overnight's handler, not their own.
+        log_config=None if s.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
 
     class Server(uvicorn.Server):
@@ -140,7 +151,12 @@ def serve(
                     asyncio.get_running_loop().call_soon(scheduler.begin_drain)
             super().handle_exit(sig, frame)
 
-    Server(uvicorn_config).run()
+    try:
+        Server(uvicorn_config).run()
+    finally:
+        from overnight import tracing
+
+        tracing.shutdown()  # the last spans: the batches' ends
 
 
 @app.command()
@@ -150,9 +166,27 @@ def worker(
     upstream: UpstreamOpt = None,
     database_url: DatabaseOpt = None,
     storage_url: StorageOpt = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address for --metrics-port to bind [env OVERNIGHT_METRICS_HOST; "
+            "default 127.0.0.1]."
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve GET /metrics (Prometheus) and /healthz on this port; off without it "
+            "[env OVERNIGHT_METRICS_PORT].",
+        ),
+    ] = None,
 ) -> None:
     """Run the executor only (no HTTP API), against a shared database and storage."""
+    from overnight import tracing
     from overnight.engine.scheduler import Scheduler
+    from overnight.metrics_server import MetricsServer
     from overnight.services import Services
 
     s = _load(
@@ -161,24 +195,48 @@ def worker(
         upstream_url=upstream,
         database_url=database_url,
         storage_url=storage_url,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
-    _setup_logging(s.log_level)
+    _setup_observability(s)
+    log = logging.getLogger("overnight")
 
     async def run() -> None:
         svc = await Services.open(s)
         scheduler = Scheduler(svc)
+        exporter = None
+        if s.metrics_port is not None:
+            # Bound before any work is claimed: a taken port stops the worker cleanly.
+            exporter = MetricsServer(svc, scheduler, s.metrics_host, s.metrics_port)
+            try:
+                await exporter.start()
+            except OSError as exc:
+                await svc.close()
+                where = f"{s.metrics_host}:{s.metrics_port}"
+                raise WorkerExit(
+                    f"cannot serve metrics on {where}: {exc.strerror or exc}"
+                ) from None
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
         await scheduler.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        logging.getLogger("overnight").info("worker %s running", svc.owner)
+        log.info("worker %s running", svc.owner)
         await stop.wait()
         scheduler.begin_drain()
         await scheduler.stop()
+        if exporter is not None:
+            await exporter.stop()
         await svc.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except WorkerExit as exc:
+        typer.echo(f"overnight: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        tracing.shutdown()
 
 
 @app.command()

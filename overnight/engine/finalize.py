@@ -6,6 +6,7 @@ import logging
 
 import orjson
 
+from overnight import metrics
 from overnight.blobs.base import BlobWriter
 from overnight.engine.deps import EngineDeps
 from overnight.jsonl import request_id, result_line
@@ -170,6 +171,10 @@ async def finalize_batch(svc: EngineDeps, batch: Batch, reason: str | None) -> N
             await svc.blobs.delete(f.blob_key)
         log.info("batch %s was finalized elsewhere", batch.id)
         return
+    metrics.batch_ended(final, t - batch.created_at)
+    if batch.in_progress_at is not None:
+        ran_until = batch.finalizing_at or batch.cancelling_at or t
+        metrics.batch_phase("run", ran_until - batch.in_progress_at)
     batch_ended(svc.webhooks)
     log.info(
         "batch %s %s: %d completed, %d failed of %d",

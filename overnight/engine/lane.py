@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from overnight import logs, tracing
 from overnight.backends.base import Backend, TransientError, UnusableAnswer
 from overnight.engine.breaker import Breaker
 from overnight.engine.deadlines import Demand, Stride, weights
@@ -30,6 +31,7 @@ from overnight.metrics import (
     GAVE_UP,
     INTERNAL_ERROR,
     OK,
+    OUTCOMES,
     RETRIED,
     UNREACHABLE,
     route_stats,
@@ -229,6 +231,7 @@ class Lane:
             assert me is not None
             self._held[me] = item
             self.busy += 1
+            logs.current_batch.set(item.batch.id)  # for the log lines of this request
             cancelled = False
             try:
                 if limiter.gated:
@@ -241,7 +244,10 @@ class Lane:
                     await self.ledger.release(self.owner, [item.req.id])
                     continue
                 self._sending.add(me)
-                await self._attempt(item, probe)
+                if tracing.enabled:
+                    await self._traced_attempt(item, probe)
+                else:
+                    await self._attempt(item, probe)
                 probe = False
             except asyncio.CancelledError:
                 cancelled = True  # what it held stays in `_held`, for `stop` to hand back
@@ -256,8 +262,15 @@ class Lane:
                 if probe:
                     self.breaker.release_probe()
 
-    async def _attempt(self, item: Item, probe: bool) -> None:
+    async def _traced_attempt(self, item: Item, probe: bool) -> None:
+        """`_attempt` in a span of its own (tracing on), current while the request is sent."""
+        batch, req = item.batch, item.req
+        with tracing.attempt(batch.id, batch.model, req.custom_id, req.attempts + 1) as span:
+            tracing.attempt_outcome(span, OUTCOMES[await self._attempt(item, probe)])
+
+    async def _attempt(self, item: Item, probe: bool) -> int:
         """Send one request once; record its outcome, or queue it again after a backoff.
+        Returns the outcome (an index of overnight.metrics.OUTCOMES).
 
         `probe`: the request tests a route whose breaker is half-open."""
         req = item.req
@@ -279,7 +292,7 @@ class Lane:
                 if exc.route_down:
                     breaker.unreachable(probe)
                 self.retry_later(item, 0.0)
-                return
+                return UNREACHABLE
             breaker.reached()
             if exc.overloaded:
                 limiter.on_overload(
@@ -294,24 +307,24 @@ class Lane:
             if req.attempts >= self.policy.max_attempts or stopped:
                 stats.done(started, GAVE_UP)
                 self._record(given_up(req, item.batch.seq, exc))
-            else:
-                stats.done(started, RETRIED)
-                self.retry_later(item, self.policy.backoff(req.attempts, exc.retry_after))
-            return
+                return GAVE_UP
+            stats.done(started, RETRIED)
+            self.retry_later(item, self.policy.backoff(req.attempts, exc.retry_after))
+            return RETRIED
         except UnusableAnswer as exc:
             limiter.finished()
             breaker.reached()
             limiter.on_success(exc.headers, ticket)
             stats.done(started, ERROR_RESPONSE)
             self._record(no_answer(req, item.batch.seq, "invalid_upstream_response", exc.message))
-            return
+            return ERROR_RESPONSE
         except Exception as exc:  # a bug in a backend must not take the engine down
             limiter.finished()
             stats.done(started, INTERNAL_ERROR)
             log.exception("request %s of %s failed inside overnight", req.custom_id, item.batch.id)
             message = f"overnight failed to run this request: {type(exc).__name__}"
             self._record(no_answer(req, item.batch.seq, "internal_error", message))
-            return
+            return INTERNAL_ERROR
         finally:
             if probe:
                 breaker.release_probe()  # a no-op once the probe's outcome was told
@@ -319,8 +332,10 @@ class Lane:
         breaker.reached()
         outcome = answered(req, item.batch.seq, response)
         limiter.on_success(response.headers, ticket, outcome.usage.output_tokens)
-        stats.done(started, OK if outcome.ok else ERROR_RESPONSE, outcome.usage)
+        result = OK if outcome.ok else ERROR_RESPONSE
+        stats.done(started, result, outcome.usage)
         self._record(outcome)
+        return result
 
     def begin_drain(self) -> None:
         """Shutting down: claim nothing more and send nothing more, at once. Requests

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from overnight import tracing
 from overnight.engine.breaker import Breaker
 from overnight.engine.deps import EngineDeps
 from overnight.engine.fleet import FleetLimits
@@ -50,6 +51,8 @@ class Runner:
         for key, lane in self.lanes.items():
             if key not in by_lane:
                 await lane.set_batches([])
+        if tracing.enabled:
+            tracing.runs_now({b.id: b.model for group in by_lane.values() for b in group})
 
     async def _open_lane(self, key: str, model: str) -> Lane | None:
         s = self.svc.settings

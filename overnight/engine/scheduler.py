@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 
+from overnight import logs, metrics, tracing
 from overnight.engine.deps import EngineDeps
 from overnight.engine.finalize import finalize_batch
 from overnight.engine.lane import ActiveBatch
@@ -196,6 +197,7 @@ class Scheduler:
         async def run() -> None:
             svc = self.svc
             owned = False
+            logs.current_batch.set(batch.id)  # this task's own context: its log lines
             try:
                 t = svc.clock()
                 until = t + svc.settings.lease_seconds * 5
@@ -208,11 +210,14 @@ class Scheduler:
                 if fresh is None or not _still_needed(fresh.status, what, reason):
                     return
                 started = time.perf_counter()
-                if what == "validate":
-                    await validate_batch(svc, fresh)
-                else:
-                    await finalize_batch(svc, fresh, reason)
-                log.debug("%s %s took %.3f s", what, batch.id, time.perf_counter() - started)
+                with tracing.phase(what, batch.id):
+                    if what == "validate":
+                        await validate_batch(svc, fresh)
+                    else:
+                        await finalize_batch(svc, fresh, reason)
+                took = time.perf_counter() - started
+                metrics.batch_phase(what, took)
+                log.debug("%s %s took %.3f s", what, batch.id, took)
             except Exception as exc:
                 log_failure(log, exc, "could not %s batch %s; will try again", what, batch.id)
                 await asyncio.sleep(1.0)

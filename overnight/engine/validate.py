@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from overnight import metrics
 from overnight.dialect import Dialect, invalid, line_error
 from overnight.engine.deps import EngineDeps
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
@@ -155,6 +156,7 @@ async def validate_batch(svc: EngineDeps, batch: Batch) -> None:
             ),
             what,
         ):
+            metrics.batch_ended(BatchStatus.FAILED, t - batch.created_at)
             batch_ended(svc.webhooks)
         log.info("batch %s failed validation: %s", batch.id, errors[0].code)
         return

@@ -363,5 +363,7 @@ async def static(name: str) -> Response:
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
     """Prometheus metrics of this process and of the store; no key needed (no project data)."""
-    body, content_type = await metrics.render(request.app)
+    state = request.app.state
+    services = getattr(state, "services", None)
+    body, content_type = await metrics.render(services, getattr(state, "scheduler", None))
     return Response(body, media_type=content_type)

@@ -47,8 +47,8 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def submit(http: httpx.Client, n: int, tag: str) -> str:
-    data = "".join(json.dumps(chat_line(f"{tag}{i}")) + "\n" for i in range(n))
+def submit(http: httpx.Client, n: int, tag: str, model: str = ROUTE) -> str:
+    data = "".join(json.dumps(chat_line(f"{tag}{i}", model=model)) + "\n" for i in range(n))
     f = http.post("/v1/files", files={"file": ("m.jsonl", data)}, data={"purpose": "batch"}).json()
     body = {
         "input_file_id": f["id"],
@@ -99,8 +99,43 @@ def test_metrics_during_and_after_a_batch(server: OvernightProcess, stub: StubSe
     assert (
         value(after, "overnight_tokens_total", route=ROUTE, kind="output") == usage["output_tokens"]
     )
-    assert value(after, "overnight_batch_tokens", kind="output") == usage["output_tokens"]
+    assert value(after, "overnight_batch_tokens_total", kind="output") == usage["output_tokens"]
     assert ("process_cpu_seconds_total", ()) in after  # the process collector comes along
+
+    # Durations: the batch from creation to completed, its phases, the API's answers.
+    assert value(after, "overnight_batch_duration_seconds_count", status="completed") == 1
+    closed_in = value(after, "overnight_batch_duration_seconds_sum", status="completed")
+    assert 0 <= closed_in <= batch["completed_at"] - batch["created_at"] + 1
+    for phase in ("validate", "run", "finalize"):
+        assert value(after, "overnight_batch_phase_duration_seconds_count", phase=phase) == 1
+    created = value(
+        after,
+        "overnight_api_request_duration_seconds_count",
+        method="POST",
+        handler="/v1/batches",
+        status="200",
+    )
+    assert created == 1
+    polls = value(
+        after,
+        "overnight_api_request_duration_seconds_count",
+        method="GET",
+        handler="/v1/batches/{batch_id}",  # the template: no series per batch id
+        status="200",
+    )
+    assert polls >= 2
+    assert not [k for k in after if batch_id in str(k)]
+    http.get("/no/such/path")
+    missing = scrape(server.url)
+    labels = {"method": "GET", "handler": "unmatched", "status": "404"}
+    assert value(missing, "overnight_api_request_duration_seconds_count", **labels) == 1
+
+    # A model without a route of its own goes to the catch-all upstream: labelled "default".
+    other = submit(http, 3, "other", model="some-other-model")
+    wait_status(http, other, {"completed"})
+    default = scrape(server.url)
+    assert value(default, "overnight_upstream_requests_total", route="default", outcome="ok") == 3
+    assert not [k for k in default if ("route", "*") in k[1]]
 
     # Transient failures: each request is retried once (OVERNIGHT_MAX_ATTEMPTS=2), then given up.
     stub.configure(status_override=503, latency=0.0)
@@ -110,4 +145,5 @@ def test_metrics_during_and_after_a_batch(server: OvernightProcess, stub: StubSe
     assert value(final, "overnight_upstream_requests_total", route=ROUTE, outcome="retried") == 5
     assert value(final, "overnight_upstream_requests_total", route=ROUTE, outcome="gave_up") == 5
     assert value(final, "overnight_upstream_requests_total", route=ROUTE, outcome="ok") == 40
+    assert value(final, "overnight_batch_duration_seconds_count", status="completed") == 3
     http.close()

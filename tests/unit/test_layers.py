@@ -20,6 +20,32 @@ FORBIDDEN = {
     "overnight.engine": ("overnight.api", "overnight.cli", "overnight.web", "overnight.services"),
     "overnight.settings": ("overnight.services", "overnight.engine", "overnight.store"),
     "overnight.webhooks": ("overnight.services", "overnight.engine", "overnight.api"),
+    # Observability sits low: the engine and the backends call it, never the reverse.
+    "overnight.logs": ("overnight.",),
+    "overnight.tracing": (
+        "overnight.backends",
+        "overnight.engine",
+        "overnight.store",
+        "overnight.api",
+        "overnight.cli",
+        "overnight.web",
+        "overnight.services",
+    ),
+    "overnight.metrics": (
+        "overnight.backends",
+        "overnight.engine",
+        "overnight.store",
+        "overnight.api",
+        "overnight.cli",
+        "overnight.web",
+        "overnight.services",
+    ),
+    "overnight.metrics_server": (
+        "overnight.engine",
+        "overnight.api",
+        "overnight.cli",
+        "overnight.web",
+    ),
 }
 ALLOWED = {"overnight.models": ("overnight.errors",)}
 
