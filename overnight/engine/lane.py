@@ -236,6 +236,10 @@ class Lane:
             try:
                 if limiter.gated:
                     await limiter.gate(estimate_tokens(item.req.body) if limiter.tpm else 0)
+                if limiter.cap is not None and self.yielder is not None:
+                    wait = limiter.spacing.wait(self.yielder.capacity)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 if limiter.cap is not None and index >= limiter.current:
                     self.queue.put_nowait(item)  # the upstream filled meanwhile: not now
                     continue

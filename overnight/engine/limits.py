@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 from overnight.engine.latency import LatencyGauge
 from overnight.engine.pacing import MAX_RESET, RateLearner, TokenBucket, parse_reset
+from overnight.engine.spacing import SendSpacing
 
 __all__ = ["Limiter", "Ticket", "TokenBucket", "parse_reset"]
 
@@ -77,6 +78,7 @@ class Limiter:
         self.cap: int | None = None  # from the upstream's own load signal
         self.use_latency = False  # no load signal: read queueing from answer times
         self.latency = LatencyGauge(clock)
+        self.spacing = SendSpacing(clock)  # used while `cap` holds (yield mode)
         self.learner = RateLearner(clock)
         self.rpm: Bucket | None = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
         self.tpm: Bucket | None = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
@@ -172,6 +174,8 @@ class Limiter:
         hold = False
         if ticket is not None:
             verdict = None
+            if self.cap is not None:  # yielding to a shared server: its answer time
+                self.spacing.answered(self.clock() - ticket.started)
             if self.use_latency:  # only then: every answer passes here
                 # `finished` came first: this request was in flight too.
                 self.latency.add(self.clock() - ticket.started, units, self.outstanding + 1)

@@ -10,6 +10,7 @@ from overnight.backends.openai_http import OpenAIHTTPBackend
 from overnight.engine.latency import LatencyGauge
 from overnight.engine.limits import Limiter
 from overnight.engine.pacing import MARGIN, RateLearner, told_rate
+from overnight.engine.spacing import SendSpacing
 from overnight.engine.yielding import YieldController
 
 
@@ -271,3 +272,17 @@ def test_priority_goes_first_in_the_body_so_a_line_of_its_own_wins() -> None:
     assert b._with_priority(b'{"model":"m"}') == b'{"priority":5,"model":"m"}'
     assert b._with_priority(b"{}") == b'{"priority":5}'
     assert b._with_priority(b' { "a": 1}') == b' {"priority":5, "a": 1}'
+
+
+def test_sends_to_a_shared_server_are_spread_over_its_completion_gap() -> None:
+    now = [100.0]
+    spacing = SendSpacing(lambda: now[0])
+    assert spacing.wait(4) == 0.0  # no answer time known yet: nothing to spread by
+    spacing.answered(0.5)
+    # Three sends at once: turns one completion gap apart (answer time / capacity).
+    assert [spacing.wait(4) for _ in range(3)] == [0.0, 0.125, 0.25]
+    now[0] += 1.0  # later on, a send takes its turn at once
+    assert spacing.wait(4) == 0.0
+    spacing.answered(1.5)  # slower answers widen the gap, smoothed
+    assert spacing.answer_time == 0.7
+    assert spacing.wait(4) == 0.125 and spacing.wait(None) == 0.0
