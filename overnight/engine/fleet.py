@@ -110,9 +110,12 @@ class SharedPace:
         self.chunk = max(1, round(per_second * CHUNK_SECONDS))
         self._due: deque[float] = deque()  # times of the sends reserved, not used yet
         self._drawing = asyncio.Lock()
+        self.not_before = 0.0  # nothing is reserved before this (the upstream is full)
 
     async def take(self, amount: float = 1.0) -> None:
         async with self._drawing:
+            if not self._due and self.not_before > self.clock():
+                await self.sleep(self.not_before - self.clock())
             now = self.clock()
             # A reserved time long past is not saved up: sent late, it would add to
             # whatever the fleet sends now.
@@ -159,6 +162,7 @@ class FleetLimits:
         self.clock = clock
         self._shared_rate: float | None = None
         self._learnt = asyncio.Event()
+        self._pace: SharedPace | None = None
         self.idle: Callable[[], bool] = lambda: False  # the lane's: nothing to send
         limiter.on_learnt = self._on_learnt
         if rpm:
@@ -186,16 +190,23 @@ class FleetLimits:
         doing the same) and write it for the others now rather than at the next sync."""
         self._pace_to(rate)
         self._learnt.set()
+        own = self.limiter.learner.bucket
+        if own is not None and self._pace is not None:
+            # The headers said the upstream is full (the learner starts in debt by what
+            # was sent since): the shared schedule starts when this worker's own would.
+            start = self.clock() + own.wait_for()
+            self._pace.not_before = max(self._pace.not_before, start)
 
     def _pace_to(self, rate: float | None) -> None:
         limiter = self.limiter
         if rate is None:
-            limiter.shared_pace = None
-        elif limiter.shared_pace is None or abs(limiter.shared_pace.rate - rate * MARGIN) > 1e-9:
+            limiter.shared_pace = self._pace = None
+        elif self._pace is None or abs(self._pace.rate - rate * MARGIN) > 1e-9:
             per_second = rate * MARGIN
-            limiter.shared_pace = SharedPace(
+            self._pace = SharedPace(
                 self.fleet, f"learnt:{self.route}", per_second, learnt_burst(rate), self.clock
             )
+            limiter.shared_pace = self._pace
 
     async def sync(self) -> None:
         now = self.clock()

@@ -94,3 +94,18 @@ async def test_a_reserved_time_long_past_is_not_saved_up_for_a_burst() -> None:
     # Not four at once: the level is back at its burst (1), so one now, then one per
     # 0.02 s.
     assert [round(t - sent[1], 3) for t in sent[1:]] == [0.0, 0.02, 0.04, 0.06, 0.08, 0.1]
+
+
+async def test_a_pace_learnt_at_a_full_upstream_starts_when_its_window_frees() -> None:
+    fake, fleet = FakeTime(), MemoryFleet()
+    pace = SharedPace(fleet, "learnt:r", 50.0, 1.0, fake.clock, fake.sleep)
+    pace.not_before = T0 + 0.4  # what the learning worker's own budget said
+    sent: list[float] = []
+
+    async def sends(n: int) -> None:
+        for _ in range(n):
+            await pace.take()
+            sent.append(fake.now)
+
+    await fake.run(sends(2))
+    assert [round(t - T0, 3) for t in sent] == [0.4, 0.42]
