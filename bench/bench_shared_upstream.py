@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_shared_upstream.py [--slots 4] [--latency 0.5]
         [--window 60] [--load 0.3] [--seed 1] [--scenarios a b c d e]
         [--no-route-options] [--json PATH] [--plot PATH.svg]
+    .venv/bin/python bench/bench_shared_upstream.py --replot RUN.json --plot PATH.svg
 
 The stub upstream is a model server of finite capacity: `--slots` requests generate at
 once, each for `--latency` seconds, and the rest wait in its queue, so its capacity is
@@ -381,14 +382,27 @@ def _svg_text(x: float, y: float, text: str, anchor: str = "start", extra: str =
     return f'<text x="{x:.0f}" y="{y:.0f}" text-anchor="{anchor}"{extra}>{safe}</text>'
 
 
+# The p99 axis stops here: yield "off" is tens of times the rest and would flatten them.
+RATIO_AXIS_MAX = 4.0
+
+
 def svg_chart(results: list[Result], title: str) -> str:
-    """Two horizontal bar panels: interactive p99 / no-batch p99, and share of spare."""
+    """Two horizontal bar panels: interactive p99 / no-batch p99, and share of spare.
+
+    A bar past its panel's axis (`RATIO_AXIS_MAX` for p99) is cut at the edge, marked
+    with a white break, and labelled with its value."""
     label_w, bar_w, gap, row_h, top = 210, 260, 60, 26, 58
     width = label_w + 2 * bar_w + gap + 80
-    height = top + row_h * len(results) + 36
+    height = top + row_h * len(results) + 12
     panels = [
-        ("interactive p99 / no batch", [r.p99_ratio for r in results], "{:.2f}x", 1.0),
-        ("overnight share of spare capacity", [r.share for r in results], "{:.0%}", 1.0),
+        (
+            f"interactive p99 / no batch (axis to {RATIO_AXIS_MAX:g}x)",
+            [r.p99_ratio for r in results],
+            "{:.2f}x",
+            1.0,
+            RATIO_AXIS_MAX,
+        ),
+        ("overnight share of spare capacity", [r.share for r in results], "{:.0%}", 1.0, None),
     ]
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -399,10 +413,12 @@ def svg_chart(results: list[Result], title: str) -> str:
     for i, r in enumerate(results):
         y = top + i * row_h + row_h * 0.65
         out.append(_svg_text(label_w - 8, y, f"{r.scenario}: {r.label}", "end"))
-    for p, (name, values, spec, mark) in enumerate(panels):
+    for p, (name, values, spec, mark, axis_max) in enumerate(panels):
         x0 = label_w + p * (bar_w + gap)
         finite = [v for v in values if not math.isnan(v)]
         scale_max = max([mark, *finite]) * 1.05
+        if axis_max is not None:
+            scale_max = min(scale_max, axis_max)
         out.append(_svg_text(x0, top - 14, name, extra=' font-weight="bold"'))
         mark_x = x0 + bar_w * mark / scale_max
         bottom = top + row_h * len(results)
@@ -417,13 +433,26 @@ def svg_chart(results: list[Result], title: str) -> str:
             if math.isnan(value):
                 out.append(_svg_text(x0 + 4, y + row_h * 0.55, "n/a", extra=' fill="#777"'))
                 continue
-            w = max(bar_w * value / scale_max, 1.0)
+            w = max(bar_w * min(value, scale_max) / scale_max, 1.0)
             out.append(
                 f'<rect x="{x0}" y="{y}" width="{w:.1f}" height="{row_h - 8}" fill="{color}"/>'
             )
+            if value > scale_max:
+                out.append(
+                    f'<path d="M{x0 + w - 14:.1f},{y + row_h - 6} l6,{-(row_h - 4)} '
+                    f'M{x0 + w - 8:.1f},{y + row_h - 6} l6,{-(row_h - 4)}" '
+                    'stroke="white" stroke-width="2.5"/>'
+                )
             out.append(_svg_text(x0 + w + 4, y + row_h * 0.55, spec.format(value)))
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def chart_title(args: dict[str, Any]) -> str:
+    return (
+        f"Shared upstream: {args['slots']} slots x {args['latency']} s, interactive load "
+        f"{args['load']:.0%}, {args['window']:.0f} s window"
+    )
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +478,19 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="write an SVG bar chart here")
+    parser.add_argument(
+        "--replot", type=Path, help="draw --plot from a --json file of an earlier run; run nothing"
+    )
     args = parser.parse_args()
+    if args.replot:
+        if not args.plot:
+            parser.error("--replot needs --plot")
+        doc = json.loads(args.replot.read_text())
+        # NaN (not measured) was written as null.
+        rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in doc["results"]]
+        args.plot.write_text(svg_chart([Result(**r) for r in rows], chart_title(doc["args"])))
+        print(f"chart: {args.plot} (from {args.replot})")
+        return
     if args.slots < 1 or args.latency <= 0 or args.window <= 0 or not 0 < args.load < 1:
         parser.error("--slots >= 1, --latency > 0, --window > 0 and 0 < --load < 1")
     capacity = args.slots / args.latency
@@ -489,11 +530,7 @@ def main() -> None:
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         print(f"results: {args.json}")
     if args.plot:
-        title = (
-            f"Shared upstream: {args.slots} slots x {args.latency} s, interactive load "
-            f"{args.load:.0%}, {args.window:.0f} s window"
-        )
-        args.plot.write_text(svg_chart(results, title))
+        args.plot.write_text(svg_chart(results, chart_title(vars(args))))
         print(f"chart: {args.plot}")
 
 

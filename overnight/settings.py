@@ -113,6 +113,9 @@ class Settings:
     # Windows a batch may ask for. The vendors accept only "24h"; an operator may allow
     # others (e.g. "1h", "7d") for their own users.
     completion_windows: tuple[str, ...] = ("24h",)
+    # Batches that would expire at an equal share get the rate they need, earliest
+    # deadline first (engine/deadlines.py). Off: a plain share weighed by priority only.
+    deadline_scheduling: bool = True
     max_upload_bytes: int = 512 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_line_bytes: int = 8 * 1024 * 1024
@@ -353,6 +356,10 @@ def load(
             "yes",
         )
     values.update(_observability(env))
+    if env.get("OVERNIGHT_DEADLINE_SCHEDULING"):
+        values["deadline_scheduling"] = _switch(
+            "OVERNIGHT_DEADLINE_SCHEDULING", env["OVERNIGHT_DEADLINE_SCHEDULING"]
+        )
     if env.get("OVERNIGHT_API_KEYS"):
         values["api_keys"] = _parse_api_keys(env["OVERNIGHT_API_KEYS"])
     values["routes"] = _routes_from_toml(doc, env)
@@ -425,6 +432,15 @@ def _parse_windows(raw: str | list[Any]) -> tuple[str, ...]:
     if not out:
         raise ConfigError("OVERNIGHT_COMPLETION_WINDOWS lists no window")
     return tuple(out)
+
+
+def _switch(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var} must be on or off (1/0, true/false), got {raw[:40]!r}")
 
 
 def _number(var: str, raw: str, kind: type) -> Any:

@@ -8,7 +8,9 @@ Weights: every batch has a floor (FLOOR of an equal share, so nothing starves).
 A batch that would not finish before `expires_at` at an equal share is at risk:
 at risk batches, earliest deadline first, get the rate they need from what is
 left; the rest is shared by every batch in proportion to its priority (2 ** p).
-Without a measured throughput yet, priorities alone decide.
+Without a measured throughput yet, priorities alone decide. With `deadlines`
+off (the operator's OVERNIGHT_DEADLINE_SCHEDULING=off), no batch is at risk: every
+batch gets a plain share weighed by its priority, equal when priorities are.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class Demand:
     priority: int = 0
 
 
-def weights(batches: Sequence[Demand], rate: float, now: float) -> dict[int, float]:
+def weights(
+    batches: Sequence[Demand], rate: float, now: float, deadlines: bool = True
+) -> dict[int, float]:
     """Each batch's share of `rate` (requests a second the lane is finishing now)."""
     if not batches:
         return {}
@@ -39,7 +43,7 @@ def weights(batches: Sequence[Demand], rate: float, now: float) -> dict[int, flo
     equal = rate / n
     share = dict.fromkeys((b.seq for b in batches), FLOOR * equal)
     left = rate - FLOOR * equal * n
-    for b in sorted(batches, key=lambda b: b.expires_at):
+    for b in sorted(batches, key=lambda b: b.expires_at) if deadlines else ():
         need = b.remaining / max(1e-3, (b.expires_at - now) * SLACK)
         if need <= equal:
             continue  # it finishes in time on an equal share

@@ -17,9 +17,11 @@ the whole fleet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from overnight.engine.limits import Limiter
 from overnight.engine.pacing import LEARNT_TTL, MARGIN
@@ -31,6 +33,13 @@ log = logging.getLogger("overnight.fleet")
 CHUNK_SECONDS = 0.1  # a draw from a shared bucket: this many seconds of its rate
 SYNC_EVERY = 1.0
 SLOT_LEASE = 10.0  # a dead worker's slots are free again after this
+
+
+def learnt_burst(rate: float) -> float:
+    """The burst a pace learnt from headers allows the fleet, as pacing.RateLearner's
+    (within the margin under the limit), for the shortest window such a rate is
+    counted over (1 s): the limit's own window is not shared."""
+    return max(1.0, rate * (1 - MARGIN) / 2)
 
 
 class SharedBucket:
@@ -50,9 +59,17 @@ class SharedBucket:
         self.capacity = burst
         self.clock = clock
         self.local = 0.0  # granted by the store, not spent yet
+        # One draw at a time per process: every worker slot waiting here would otherwise
+        # poll the store's row lock on its own, crowding out the ledger's connections.
+        self._drawing = asyncio.Lock()
 
     async def take(self, amount: float = 1.0) -> None:
         amount = min(amount, self.capacity)
+        async with self._drawing:
+            await self._fill_to(amount)
+            self.local -= amount
+
+    async def _fill_to(self, amount: float) -> None:
         while self.local < amount:
             want = max(amount - self.local, min(self.capacity, self.rate * CHUNK_SECONDS))
             try:
@@ -65,7 +82,61 @@ class SharedBucket:
                 continue
             if self.local < amount:
                 await asyncio.sleep(max(0.01, (amount - self.local) / self.rate))
-        self.local -= amount
+
+
+class SharedPace:
+    """A rate learnt from an upstream's headers, kept by the whole fleet: each draw
+    reserves this worker's next few sends on the store's one schedule (`reserve`), and
+    each send waits for its time. Every send is drawn whatever the chunk, so the fleet
+    goes at the rate with bursts no larger than `burst`, at a few store transactions a
+    second (a plain shared bucket needs a burst as large as its chunk, or a
+    transaction per request)."""
+
+    def __init__(
+        self,
+        fleet: FleetStore,
+        name: str,
+        per_second: float,
+        burst: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.fleet = fleet
+        self.name = name
+        self.rate = per_second
+        self.sleep = sleep
+        self.burst = burst
+        self.clock = clock
+        self.chunk = max(1, round(per_second * CHUNK_SECONDS))
+        self._due: deque[float] = deque()  # times of the sends reserved, not used yet
+        self._drawing = asyncio.Lock()
+        self.not_before = 0.0  # nothing is reserved before this (the upstream is full)
+
+    async def take(self, amount: float = 1.0) -> None:
+        async with self._drawing:
+            if not self._due and self.not_before > self.clock():
+                await self.sleep(self.not_before - self.clock())
+            now = self.clock()
+            # A reserved time long past is not saved up: sent late, it would add to
+            # whatever the fleet sends now.
+            while self._due and self._due[0] < now - CHUNK_SECONDS:
+                self._due.popleft()
+            while not self._due:
+                try:
+                    level = await self.fleet.reserve(
+                        self.name, self.chunk, self.rate, self.burst, now
+                    )
+                except Exception as exc:
+                    log_failure(log, exc, "could not draw from the shared pace %s", self.name)
+                    await self.sleep(1.0)
+                    now = self.clock()
+                    continue
+                self._due.extend(
+                    now + max(0.0, i - level) / self.rate for i in range(1, self.chunk + 1)
+                )
+            wait = self._due.popleft() - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
 
 
 class FleetLimits:
@@ -90,7 +161,10 @@ class FleetLimits:
         self.max_concurrency = max_concurrency
         self.clock = clock
         self._shared_rate: float | None = None
+        self._learnt = asyncio.Event()
+        self._pace: SharedPace | None = None
         self.idle: Callable[[], bool] = lambda: False  # the lane's: nothing to send
+        limiter.on_learnt = self._on_learnt
         if rpm:
             limiter.rpm = SharedBucket(fleet, f"rpm:{route}", rpm, max(1.0, rpm / 60.0), clock)
         if tpm:
@@ -106,7 +180,33 @@ class FleetLimits:
                 raise
             except Exception as exc:
                 log_failure(log, exc, "could not sync the fleet's limits for %s", self.route)
-            await asyncio.sleep(SYNC_EVERY)
+            self._learnt.clear()
+            with contextlib.suppress(TimeoutError):  # woken early by `_on_learnt`
+                await asyncio.wait_for(self._learnt.wait(), SYNC_EVERY)
+
+    def _on_learnt(self, rate: float) -> None:
+        """This worker's own headers told a rate: pace the fleet's bucket to it at once
+        (alone, at the full rate, it would send as much again as every other worker
+        doing the same) and write it for the others now rather than at the next sync."""
+        self._pace_to(rate)
+        self._learnt.set()
+        own = self.limiter.learner.bucket
+        if own is not None and self._pace is not None:
+            # The headers said the upstream is full (the learner starts in debt by what
+            # was sent since): the shared schedule starts when this worker's own would.
+            start = self.clock() + own.wait_for()
+            self._pace.not_before = max(self._pace.not_before, start)
+
+    def _pace_to(self, rate: float | None) -> None:
+        limiter = self.limiter
+        if rate is None:
+            limiter.shared_pace = self._pace = None
+        elif self._pace is None or abs(self._pace.rate - rate * MARGIN) > 1e-9:
+            per_second = rate * MARGIN
+            self._pace = SharedPace(
+                self.fleet, f"learnt:{self.route}", per_second, learnt_burst(rate), self.clock
+            )
+            limiter.shared_pace = self._pace
 
     async def sync(self) -> None:
         now = self.clock()
@@ -127,17 +227,7 @@ class FleetLimits:
             await self.fleet.set_learnt(self.route, learnt, now)
             self._shared_rate = learnt
         shared = await self.fleet.learnt(self.route, now, LEARNT_TTL)
-        if shared is None:
-            limiter.shared_pace = None
-        elif limiter.shared_pace is None or abs(limiter.shared_pace.rate - shared * MARGIN) > 1e-9:
-            per_second = shared * MARGIN
-            limiter.shared_pace = SharedBucket(
-                self.fleet,
-                f"learnt:{self.route}",
-                per_second * 60,
-                max(1.0, per_second / 10),
-                self.clock,
-            )
+        self._pace_to(shared)
 
     async def release(self) -> None:
         try:

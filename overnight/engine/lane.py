@@ -85,6 +85,7 @@ class Lane:
     yielder: YieldController | None = None  # yield = "auto": give way to others' requests
     load_interval: float = LOAD_INTERVAL
     fleet: FleetLimits | None = None  # the route's limits shared with other workers
+    deadlines: bool = True  # batches at risk of expiring get the rate they need first
     batches: dict[int, ActiveBatch] = field(default_factory=dict)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     busy: int = 0
@@ -196,7 +197,7 @@ class Lane:
                     self._drained.clear()
                 continue
             demands = [Demand(b.seq, b.remaining, b.expires_at, b.priority) for b in candidates]
-            shares = weights(demands, self.rate(), self.clock())
+            shares = weights(demands, self.rate(), self.clock(), self.deadlines)
             seq = self._stride.pick(shares)
             batch = self.batches[seq]
             want = min(self.claim_chunk, max(8, low_water * 2 - self.queue.qsize()))

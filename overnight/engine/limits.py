@@ -68,6 +68,8 @@ class Limiter:
         self.allowance = 0  # requests the upstream still accepts before `allowance_until`
         self.allowance_until = 0.0
         self.on_grow: Callable[[], None] | None = None
+        # Called with the rate the learner keeps when it changes (a fleet shares it).
+        self.on_learnt: Callable[[float], None] | None = None
         self.epoch = 0  # bumped at each decrease; requests remember the epoch they left in
         self.sent = 0
         self.outstanding = 0  # sent and not yet answered (`ticket` .. `finished`)
@@ -242,7 +244,11 @@ class Limiter:
                 # The upstream counted up to this request; those sent after it are
                 # not in its count yet.
                 self._told_seq = seq
+                before = self.learner.rate
                 if self.learner.told(headers, self.sent - seq):
+                    rate = self.learner.rate
+                    if rate is not None and rate != before and self.on_learnt is not None:
+                        self.on_learnt(rate)
                     continue  # a budget with a refill rate: the learnt pace keeps it
                 self.allowance = int(left) - (self.sent - seq)
                 self.allowance_until = self.clock() + min(reset, MAX_RESET)

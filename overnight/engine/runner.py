@@ -103,6 +103,7 @@ class Runner:
             yielder=yielder,
             load_interval=route.load_interval,
             fleet=fleet,
+            deadlines=s.deadline_scheduling,
         )
         lane.start()
         self.lanes[key] = lane

@@ -338,6 +338,15 @@ class FleetStore(Protocol):
         (0 when it is empty). The bucket starts full; `rate_per_s` and `burst` of this
         call replace the stored ones (a route's limit may change, a learnt one moves)."""
 
+    async def reserve(
+        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+    ) -> float:
+        """Take `want` tokens of the same kind of bucket whether it holds them or not:
+        the level may go below zero, a debt the refill pays off. Returns the level
+        before (refilled to `now`): token i of the `want` exists at
+        now + max(0, i - level) / rate_per_s, so every worker's reservations share one
+        schedule and the fleet sends at the rate, never faster."""
+
     async def lease_slots(
         self,
         route: str,

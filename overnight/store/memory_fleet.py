@@ -39,6 +39,14 @@ class MemoryFleet:
         b.level, b.stamp = level - got, max(b.stamp, now)
         return got
 
+    async def reserve(
+        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+    ) -> float:
+        b = self.buckets.setdefault(bucket, _Bucket(burst, now))
+        level = refill(b.level, b.stamp, rate_per_s, burst, now)
+        b.level, b.stamp = level - want, max(b.stamp, now)
+        return level
+
     async def lease_slots(
         self,
         route: str,

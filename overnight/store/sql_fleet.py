@@ -10,6 +10,7 @@ the database the fleet already shares is the coordinator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
@@ -36,6 +37,25 @@ class SqlFleet:
     async def take(
         self, bucket: str, want: float, rate_per_s: float, burst: float, now: float
     ) -> float:
+        _level, got = await self._draw(bucket, rate_per_s, burst, now, lambda lv: grant(lv, want))
+        return got
+
+    async def reserve(
+        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+    ) -> float:
+        level, _got = await self._draw(bucket, rate_per_s, burst, now, lambda _lv: float(want))
+        return level
+
+    async def _draw(
+        self,
+        bucket: str,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        amount: Callable[[float], float],
+    ) -> tuple[float, float]:
+        """(the level refilled to `now`, what was taken: `amount(level)`), in one
+        transaction holding the bucket's row."""
         full = {"level": burst, "stamp": now, "rate_per_s": rate_per_s, "burst": burst}
         async with self.engine.begin() as conn:
             # First use creates the bucket full; the insert is also SQLite's write lock.
@@ -52,7 +72,7 @@ class SqlFleet:
                 )
             ).one()
             level = refill(row.level, row.stamp, rate_per_s, burst, now)
-            got = grant(level, want)
+            got = amount(level)
             await conn.execute(
                 update(fleet_buckets)
                 .where(fleet_buckets.c.bucket == bucket)
@@ -63,7 +83,7 @@ class SqlFleet:
                     burst=burst,
                 )
             )
-        return got
+        return level, got
 
     async def _lock_route(self, conn: AsyncConnection, route: str) -> None:
         if self._pg:

@@ -113,6 +113,19 @@ async def test_concurrent_takers_never_share_a_token(stores: list[Store]) -> Non
     assert 0 < total <= 10.0 * 49 * 0.02
 
 
+async def test_reservations_put_every_worker_on_one_schedule(stores: list[Store]) -> None:
+    # The level before each reservation: token i of it exists at now + (i - level) / rate.
+    assert await stores[0].fleet.reserve("pace", 5, 10.0, 1.0, T0) == 1.0  # created full
+    assert await stores[1].fleet.reserve("pace", 5, 10.0, 1.0, T0) == -4.0  # after those
+    # The refill pays the debt off and stops at the burst.
+    assert await stores[2].fleet.reserve("pace", 1, 10.0, 1.0, T0 + 0.5) == -9.0 + 0.5 * 10
+    assert await stores[0].fleet.reserve("pace", 1, 10.0, 1.0, T0 + 100) == 1.0
+    # Concurrent reservations never get the same place on the schedule.
+    calls = [stores[i % 3].fleet.reserve("many", 2, 10.0, 1.0, T0) for i in range(30)]
+    levels = sorted(await asyncio.gather(*calls), reverse=True)
+    assert levels == [1.0 - 2 * i for i in range(30)]
+
+
 async def test_slots_share_fairly_and_never_exceed_the_limit(stores: list[Store]) -> None:
     held: dict[str, int] = {}
 

@@ -57,3 +57,14 @@ def test_stride_gives_claims_in_proportion_and_a_newcomer_starts_level() -> None
     assert 8 <= picks.count(3) <= 12
     with pytest.raises(ValueError):
         stride.pick({})
+
+
+def test_with_deadlines_off_a_batch_at_risk_gets_only_its_plain_share() -> None:
+    # The operator's switch (OVERNIGHT_DEADLINE_SCHEDULING=off): the same two batches as
+    # above share equally, and priorities still weigh.
+    urgent, relaxed = Demand(1, 450, NOW + 10), Demand(2, 5000, NOW + 86400)
+    shares = weights([relaxed, urgent], 80.0, NOW, deadlines=False)
+    assert shares == {1: pytest.approx(40.0), 2: pytest.approx(40.0)}
+    high = Demand(1, 450, NOW + 10, priority=1)
+    shares = weights([relaxed, high], 80.0, NOW, deadlines=False)
+    assert shares[1] - FLOOR * 40 == pytest.approx(2 * (shares[2] - FLOOR * 40))

@@ -78,3 +78,11 @@ def test_api_keys_env() -> None:
     assert s.api_keys == (("alpha", "k1"), ("beta", "k2"))
     with pytest.raises(ConfigError):
         load(env={"OVERNIGHT_API_KEYS": "nocolon"})
+
+
+def test_deadline_scheduling_switch() -> None:
+    assert load(env={}).deadline_scheduling is True
+    assert load(env={"OVERNIGHT_DEADLINE_SCHEDULING": "off"}).deadline_scheduling is False
+    assert load(env={"OVERNIGHT_DEADLINE_SCHEDULING": "1"}).deadline_scheduling is True
+    with pytest.raises(ConfigError, match="OVERNIGHT_DEADLINE_SCHEDULING must be on or off"):
+        load(env={"OVERNIGHT_DEADLINE_SCHEDULING": "sometimes"})
