@@ -38,7 +38,7 @@ class Services:
         store = await open_store(settings.resolved_database_url)
         blobs = open_blobs(settings.resolved_storage_url, create_bucket=settings.s3_create_bucket)
         svc = cls(settings, store, blobs, Router(settings))
-        svc.webhooks = open_webhooks(settings.webhooks, settings.data_dir)
+        svc.webhooks = open_webhooks(settings.webhooks, store, svc.owner, settings.data_dir)
         return svc
 
     async def close(self) -> None:

@@ -12,9 +12,13 @@ Each delivery is `POST url` with the body
 A secret written `whsec_<base64>` is used base64-decoded, any other string as its bytes:
 the same rule as the openai SDK's `client.webhooks.unwrap()`, which verifies these.
 
-Events wait in an outbox (one JSON file each under `<data_dir>/webhooks/`) until the
-receiver answers 2xx, retried with exponential backoff; a restart resumes them.
-Several processes sharing a data dir take turns through a file lock.
+Events wait in the store's outbox (table `webhook_events`) until the receiver answers
+2xx, retried with exponential backoff. A batch's terminal change and its event commit in
+one transaction, so an event exists exactly when its batch ended. A sender leases what it
+sends: across a fleet one process sends an event at a time, and the events of a process
+that died mid-delivery go to another once its lease ends (at once on a single-process
+store, which frees every lease at start-up). That one may be sent again, with the same
+`webhook-id`: Standard Webhooks receivers drop repeats by that id.
 """
 
 from __future__ import annotations
@@ -22,23 +26,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import logging
-import os
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
-from overnight.models import new_id, now
+from overnight.models import now
 from overnight.settings import WebhookTarget
+from overnight.store.base import EventStore, OutboxEvent
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from overnight.store import Store
 
 log = logging.getLogger("overnight.webhooks")
 
@@ -49,6 +54,8 @@ STATUS_EVENTS = {
     "cancelled": "batch.cancelled",
 }
 MAX_DELAY = 3600.0
+LEASE_MARGIN = 30.0  # a sender's lease outlives its longest POST by this much
+IDLE_POLL = 5.0  # how often an idle sender looks for events other processes queued
 
 # Delivery attempts by outcome, for /metrics.
 outcomes: dict[str, int] = {"delivered": 0, "failed_attempt": 0, "gave_up": 0}
@@ -61,26 +68,41 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+def event_id(batch_id: str, event_type: str) -> str:
+    """One id per batch and event: queued twice (a commit whose answer was lost), it is
+    still one event."""
+    return "evt_" + hashlib.sha256(f"{batch_id}:{event_type}".encode()).hexdigest()[:32]
+
+
 def event_body(event_type: str, batch_id: str, created_at: int) -> tuple[str, bytes]:
-    event_id = new_id("evt_")
+    eid = event_id(batch_id, event_type)
     body = {
-        "id": event_id,
+        "id": eid,
         "object": "event",
         "type": event_type,
         "created_at": created_at,
         "data": {"id": batch_id},
     }
-    return event_id, orjson.dumps(body)
+    return eid, orjson.dumps(body)
 
 
 class Webhooks:
-    """The outbox and its sender; one per process that runs batches."""
+    """The outbox's sender; every process with webhooks configured runs one."""
 
-    def __init__(self, targets: tuple[WebhookTarget, ...], outbox: Path) -> None:
+    def __init__(
+        self,
+        targets: tuple[WebhookTarget, ...],
+        events: EventStore,
+        owner: str,
+        *,
+        single_process: bool = False,
+        legacy_outbox: Path | None = None,
+    ) -> None:
         self.targets = {t.project: t for t in targets}
-        self.outbox = outbox
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        (self.outbox / "dead").mkdir(exist_ok=True)
+        self.events = events
+        self.owner = owner
+        self.single_process = single_process
+        self.legacy_outbox = legacy_outbox
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -88,20 +110,38 @@ class Webhooks:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="overnight-webhooks")
 
-    async def emit(self, project: str, batch_id: str, status: str) -> None:
-        """Queue the event for a batch that just reached terminal `status` (if anyone listens)."""
+    def wake(self) -> None:
+        self._wake.set()
+
+    def event_for(self, project: str, batch_id: str, status: str) -> OutboxEvent | None:
+        """The event a batch reaching terminal `status` queues, if anyone listens."""
         target = self.targets.get(project)
         event_type = STATUS_EVENTS.get(status)
         if target is None or event_type is None or event_type not in target.events:
-            return
-        event_id, body = event_body(event_type, batch_id, now())
-        entry = {"project": project, "body": body.decode(), "attempts": 0, "next_at": 0.0}
-        await asyncio.to_thread(_write_atomic, self.outbox / f"{event_id}.json", entry)
-        self._wake.set()
+            return None
+        eid, body = event_body(event_type, batch_id, now())
+        return OutboxEvent(eid, project, body)
+
+    async def emit(self, project: str, batch_id: str, status: str) -> None:
+        """Queue an event on its own (the engine queues them with the batch's change)."""
+        event = self.event_for(project, batch_id, status)
+        if event is not None:
+            await self.events.add(event)
+            self.wake()
+
+    async def _prepare(self) -> None:
+        if self.single_process:
+            await self.events.release_all()  # their holder was this store's last process
+        if self.legacy_outbox is not None:
+            await take_in_files(self.legacy_outbox, self.events)
 
     async def _loop(self) -> None:
+        prepared = False
         while True:
             try:
+                if not prepared:
+                    await self._prepare()
+                    prepared = True
                 wait = await self.deliver_due()
             except asyncio.CancelledError:
                 raise
@@ -115,83 +155,54 @@ class Webhooks:
     async def deliver_due(self) -> float:
         """Send every event that is due; returns seconds until the next one is."""
         t = time.time()
-        next_due = 30.0
-        paths = sorted(p for p in self.outbox.glob("evt_*.json"))
-        due = []
-        for path in paths:
-            try:
-                entry = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
-            if entry["next_at"] <= t:
-                due.append(path)
-            else:
-                next_due = min(next_due, entry["next_at"] - t)
-        for path in due[:32]:
-            await self._deliver_one(path)
+        longest = max((target.timeout for target in self.targets.values()), default=10.0)
+        due = await self.events.claim_due(self.owner, t, t + longest + LEASE_MARGIN, 32)
+        for event in due:
+            await self._deliver_one(event)
         if due:
-            return 0.2  # look again soon: retries were just scheduled, more may be due
-        return max(0.05, next_due)
+            return 0.05  # more may be due
+        next_at = await self.events.next_due()
+        if next_at is None:
+            return IDLE_POLL
+        return min(IDLE_POLL, max(0.05, next_at - time.time()))
 
-    async def _deliver_one(self, path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return  # delivered by another process meanwhile
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another process is sending it right now
-            try:
-                if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                    return  # replaced or removed while we waited
-            except FileNotFoundError:
-                return
-            entry = orjson.loads(path.read_bytes())
-            if entry["next_at"] > time.time():
-                return  # another process tried it meanwhile and scheduled a retry
-            target = self.targets.get(entry["project"])
-            if target is None:
-                log.warning(
-                    "no webhook configured for project %r any more; dropping %s",
-                    entry["project"],
-                    path.name,
-                )
-                path.rename(self.outbox / "dead" / path.name)
-                return
-            ok, why = await self._post(target, path.stem, entry["body"].encode())
-            entry["attempts"] += 1
-            if ok:
-                outcomes["delivered"] += 1
-                path.unlink()
-                return
-            if entry["attempts"] >= target.max_attempts:
-                outcomes["gave_up"] += 1
-                log.warning(
-                    "webhook %s to %s gave up after %d attempts: %s",
-                    path.stem,
-                    target.url,
-                    entry["attempts"],
-                    why,
-                )
-                path.rename(self.outbox / "dead" / path.name)
-                return
-            outcomes["failed_attempt"] += 1
-            delay = min(MAX_DELAY, target.retry_base_seconds * 2 ** (entry["attempts"] - 1))
-            entry["next_at"] = time.time() + delay * random.uniform(0.8, 1.2)
-            entry["last_error"] = why
-            log.info(
-                "webhook %s to %s failed (%s); retry %d in %.0f s",
-                path.stem,
-                target.url,
-                why,
-                entry["attempts"],
-                delay,
+    async def _deliver_one(self, event: OutboxEvent) -> None:
+        target = self.targets.get(event.project)
+        if target is None:
+            log.warning(
+                "no webhook configured for project %r any more: %s", event.project, event.id
             )
-            _write_atomic(path, entry)
-        finally:
-            os.close(fd)
+            await self.events.give_up(event.id, self.owner, event.attempts, "no webhook configured")
+            return
+        ok, why = await self._post(target, event.id, event.body)
+        attempts = event.attempts + 1
+        if ok:
+            outcomes["delivered"] += 1
+            await self.events.delivered(event.id, self.owner)
+            return
+        if attempts >= target.max_attempts:
+            outcomes["gave_up"] += 1
+            log.warning(
+                "webhook %s to %s gave up after %d attempts: %s",
+                event.id,
+                target.url,
+                attempts,
+                why,
+            )
+            await self.events.give_up(event.id, self.owner, attempts, why)
+            return
+        outcomes["failed_attempt"] += 1
+        delay = min(MAX_DELAY, target.retry_base_seconds * 2 ** (attempts - 1))
+        log.info(
+            "webhook %s to %s failed (%s); retry %d in %.0f s",
+            event.id,
+            target.url,
+            why,
+            attempts,
+            delay,
+        )
+        next_at = time.time() + delay * random.uniform(0.8, 1.2)
+        await self.events.retry_at(event.id, self.owner, attempts, next_at, why)
 
     async def _post(self, target: WebhookTarget, event_id: str, body: bytes) -> tuple[bool, str]:
         import aiohttp
@@ -229,29 +240,56 @@ class Webhooks:
             await self._session.close()
 
 
-def _write_atomic(path: Path, entry: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(entry))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+async def take_in_files(outbox: Path, events: EventStore) -> int:
+    """Events an older overnight left as files under <data_dir>/webhooks/ join the store."""
+    n = 0
+    for path in sorted(outbox.glob("evt_*.json")):
+        try:
+            entry = orjson.loads(path.read_bytes())
+            event = OutboxEvent(
+                path.stem,
+                entry["project"],
+                entry["body"].encode(),
+                int(entry.get("attempts", 0)),
+                float(entry.get("next_at", 0.0)),
+                entry.get("last_error"),
+            )
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        await events.add(event)
+        path.unlink(missing_ok=True)
+        n += 1
+    if n:
+        log.info("took %d waiting webhook events from %s into the store", n, outbox)
+    return n
 
 
-def open_webhooks(targets: tuple[WebhookTarget, ...], data_dir: Path) -> Webhooks | None:
+def open_webhooks(
+    targets: tuple[WebhookTarget, ...], store: Store, owner: str, data_dir: Path
+) -> Webhooks | None:
     """The running sender, or None when no project has a webhook."""
     if not targets:
         return None
-    hooks = Webhooks(targets, data_dir / "webhooks")
+    legacy = data_dir / "webhooks"
+    hooks = Webhooks(
+        targets,
+        store.events,
+        owner,
+        single_process=store.single_process,
+        legacy_outbox=legacy if legacy.is_dir() else None,
+    )
     hooks.start()
     return hooks
 
 
-async def batch_ended(hooks: Webhooks | None, project: str, batch_id: str, status: str) -> None:
-    """Called right after a batch's terminal transition was committed. Never raises."""
-    if hooks is None:
-        return
-    try:
-        await hooks.emit(project, batch_id, status)
-    except Exception:
-        log.exception("could not queue the webhook event for batch %s", batch_id)
+def queued_event(
+    hooks: Webhooks | None, project: str, batch_id: str, status: str
+) -> OutboxEvent | None:
+    """What a batch's terminal change carries into the store, if anyone listens."""
+    return hooks.event_for(project, batch_id, status) if hooks is not None else None
+
+
+def batch_ended(hooks: Webhooks | None) -> None:
+    """Called right after a batch's terminal change (and its event) was committed."""
+    if hooks is not None:
+        hooks.wake()

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from overnight import __version__
-from overnight.api import batches, errors, files
+from overnight.api import batches, errors, files, results
 from overnight.api.auth import KeyRing
 from overnight.api.limits import BodyLimitMiddleware
 from overnight.api.responses import JSON
@@ -84,6 +84,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         include = prefix == "/v1"
         app.include_router(files.router, prefix=prefix, include_in_schema=include)
         app.include_router(batches.router, prefix=prefix, include_in_schema=include)
+        app.include_router(results.router, prefix=prefix, include_in_schema=include)
     app.include_router(web.router)  # the dashboard (GET / and /ui/...) and GET /metrics
 
     @app.get("/healthz", tags=["health"])

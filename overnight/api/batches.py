@@ -87,7 +87,7 @@ def _check_batch_id(batch_id: str) -> None:
         )
 
 
-async def _get_batch(request: Request, batch_id: str, project: str) -> Batch:
+async def get_batch(request: Request, batch_id: str, project: str) -> Batch:
     svc = services(request)
     _check_batch_id(batch_id)
     b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
@@ -163,7 +163,7 @@ async def create_batch(
     key = idempotency.key_of(request)
 
     async def create() -> tuple[int, dict[str, Any]]:
-        return 200, await _create(request, project, params)
+        return 200, await new_batch(request, project, params)
 
     fields = params.model_dump(mode="json")
     answer, _ = await idempotency.run_once(
@@ -172,7 +172,7 @@ async def create_batch(
     return answer
 
 
-async def _create(request: Request, project: str, params: CreateBatch) -> dict[str, Any]:
+async def new_batch(request: Request, project: str, params: CreateBatch) -> dict[str, Any]:
     svc = services(request)
     endpoint = normalize_endpoint(params.endpoint)
     if endpoint is None:
@@ -251,7 +251,7 @@ async def list_batches(
 
 @router.get("/batches/{batch_id}", response_model=None, responses=ok(BatchObject) | NOT_FOUND)
 async def retrieve_batch(request: Request, batch_id: str, project: Project) -> dict[str, Any]:
-    return (await _get_batch(request, batch_id, project)).to_api()
+    return (await get_batch(request, batch_id, project)).to_api()
 
 
 @router.post(
@@ -261,17 +261,17 @@ async def retrieve_batch(request: Request, batch_id: str, project: Project) -> d
 )
 async def cancel_batch(request: Request, batch_id: str, project: Project) -> dict[str, Any]:
     svc = services(request)
-    b = await _get_batch(request, batch_id, project)
+    b = await get_batch(request, batch_id, project)
     if b.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         return b.to_api()
     cancellable = [BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING]
     if not await svc.store.batches.transition(
         b.id, cancellable, status=BatchStatus.CANCELLING, cancelling_at=now()
     ):
-        current = await _get_batch(request, batch_id, project)
+        current = await get_batch(request, batch_id, project)
         if current.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             return current.to_api()
         # What OpenAI answers: 409 (the SDK's ConflictError), and the batch is unchanged.
         raise Conflict(f"Cannot cancel a batch with status '{current.status}'.")
     _wake(request)
-    return (await _get_batch(request, batch_id, project)).to_api()
+    return (await get_batch(request, batch_id, project)).to_api()

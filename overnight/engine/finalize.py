@@ -12,7 +12,7 @@ from overnight.jsonl import request_id, result_line
 from overnight.models import FILE_TTL, Batch, BatchStatus, File, RequestState, new_file_id
 from overnight.store.base import error_json
 from overnight.store.faults import retrying
-from overnight.webhooks import batch_ended
+from overnight.webhooks import batch_ended, queued_event
 
 log = logging.getLogger("overnight.finalize")
 
@@ -148,8 +148,10 @@ async def finalize_batch(svc: EngineDeps, batch: Batch, reason: str | None) -> N
     batches = svc.store.batches
     totals = (counts.total, counts.completed, counts.failed)
 
+    event = queued_event(svc.webhooks, batch.project, batch.id, final)
+
     async def close_batch() -> bool:
-        if await batches.finish(batch.id, from_states, final, t, totals, usage, new_files):
+        if await batches.finish(batch.id, from_states, final, t, totals, usage, new_files, event):
             return True
         # Closed already: by another process, or by this one in a commit whose answer
         # the database dropped (then the batch names our files).
@@ -168,7 +170,7 @@ async def finalize_batch(svc: EngineDeps, batch: Batch, reason: str | None) -> N
             await svc.blobs.delete(f.blob_key)
         log.info("batch %s was finalized elsewhere", batch.id)
         return
-    await batch_ended(svc.webhooks, batch.project, batch.id, final)
+    batch_ended(svc.webhooks)
     log.info(
         "batch %s %s: %d completed, %d failed of %d",
         batch.id,

@@ -18,6 +18,7 @@ from overnight.engine.limits import Limiter
 from overnight.engine.outcomes import RetryPolicy
 from overnight.engine.results import ResultSink
 from overnight.engine.yielding import YieldController
+from overnight.store.faults import log_failure
 
 log = logging.getLogger("overnight.runner")
 
@@ -122,3 +123,13 @@ class Runner:
         and hand back the leases of what was not sent."""
         await asyncio.gather(*(lane.stop(deadline) for lane in self.lanes.values()))
         await self.sink.stop()
+        # A claim cut short by the shutdown may have committed without its answer reaching
+        # a lane: no lane knows those leases. Every answer is recorded by now, so what this
+        # process still holds goes back, and nothing waits for a lease to run out.
+        try:
+            stray = await self.svc.store.ledger.release_owned(self.svc.owner)
+        except Exception as exc:
+            log_failure(log, exc, "could not hand back leases at shutdown; they will expire")
+        else:
+            if stray:
+                log.info("handed back %d leases no lane knew of", stray)

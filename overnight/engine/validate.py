@@ -10,7 +10,7 @@ from overnight.engine.deps import EngineDeps
 from overnight.jsonl import Line, LineTooLong, custom_id_digest, parse_line, split_lines
 from overnight.models import Batch, BatchError, BatchStatus
 from overnight.store.faults import retrying
-from overnight.webhooks import batch_ended
+from overnight.webhooks import batch_ended, queued_event
 
 log = logging.getLogger("overnight.validate")
 
@@ -151,10 +151,11 @@ async def validate_batch(svc: EngineDeps, batch: Batch) -> None:
                 errors=errors,
                 failed_at=t,
                 model=model,
+                event=queued_event(svc.webhooks, batch.project, batch.id, BatchStatus.FAILED),
             ),
             what,
         ):
-            await batch_ended(svc.webhooks, batch.project, batch.id, BatchStatus.FAILED)
+            batch_ended(svc.webhooks)
         log.info("batch %s failed validation: %s", batch.id, errors[0].code)
         return
     # The total and the status change together: a client never sees a validating batch

@@ -44,6 +44,14 @@ class Outcome:
     usage: Usage
 
 
+def bucketed(counts: Iterable[tuple[Any, int]], buckets: int) -> list[int]:
+    """(bucket index, count) pairs as a list of `buckets` counts, out-of-range ones clamped."""
+    out = [0] * buckets
+    for index, n in counts:
+        out[min(max(int(index), 0), buckets - 1)] += int(n)
+    return out
+
+
 def error_json(code: str, message: str) -> str:
     """What the ledger stores for a request that ended without an answer."""
     return orjson.dumps({"code": code, "message": message}).decode()
@@ -66,6 +74,47 @@ class ResultRow(NamedTuple):
     response: bytes | None
     error: str | None
     upstream_request_id: str | None
+
+
+class FinishedRow(NamedTuple):
+    """A finished request as the results route shows it; `id` orders the stream."""
+
+    id: int
+    line: int
+    custom_id: str
+    state: int
+    status_code: int | None
+    response: bytes | None
+    error: str | None
+    upstream_request_id: str | None
+
+
+class FinishedPage(NamedTuple):
+    rows: list[FinishedRow]
+    cursor: int  # pass back as `after`: every finished row up to it has been examined
+    more: bool  # more finished rows are ready past `cursor`
+
+
+class StoredLine(NamedTuple):
+    """A request as the user sent it, with where it stands."""
+
+    line: int
+    custom_id: str
+    body: bytes
+    state: int
+    error: str | None
+
+
+@dataclass(slots=True)
+class OutboxEvent:
+    """A webhook event waiting for its receiver's 2xx."""
+
+    id: str
+    project: str
+    body: bytes
+    attempts: int = 0
+    next_at: float = 0.0  # unix time of the next attempt
+    last_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -122,11 +171,25 @@ class BatchStore(Protocol):
         self, project: str, *, limit: int, after: str | None
     ) -> tuple[list[Batch], bool]: ...
     async def count_open(self, project: str) -> int: ...
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        """The project's batches that name any of `file_ids` as input, output or error file,
+        newest first, at most `limit`."""
+
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""
 
-    async def transition(self, batch_id: str, from_states: Iterable[str], **values: Any) -> bool:
-        """Set `values` (Batch fields) only if the batch is still in one of `from_states`."""
+    async def transition(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        *,
+        event: OutboxEvent | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set `values` (Batch fields) only if the batch is still in one of `from_states`;
+        `event` is queued with the change, all or nothing."""
 
     async def set_values(self, batch_id: str, **values: Any) -> None: ...
     async def finish(
@@ -138,8 +201,10 @@ class BatchStore(Protocol):
         counts: tuple[int, int, int],
         usage: Usage,
         outputs: Iterable[tuple[str, File]],
+        event: OutboxEvent | None = None,
     ) -> bool:
-        """Close the batch with its final counts and output files, all or nothing."""
+        """Close the batch with its final counts, output files and webhook event, all or
+        nothing."""
 
     async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
         """A batch-level lease, so one process validates or finalizes a batch at a time."""
@@ -163,6 +228,9 @@ class LedgerStore(Protocol):
         """Store results still leased to `owner` and bump their live batches' counters."""
 
     async def release(self, owner: str, ids: Sequence[int]) -> None: ...
+    async def release_owned(self, owner: str) -> int:
+        """Every lease `owner` still holds goes back to pending (its last act at shutdown)."""
+
     async def renew(self, owner: str, lease_until: float) -> None: ...
     async def reclaim_expired(self, now: float) -> int: ...
     async def release_all(self) -> int: ...
@@ -174,8 +242,66 @@ class LedgerStore(Protocol):
     def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
         """Every row of a batch in line order."""
 
+    async def finished_page(
+        self,
+        batch_seq: int,
+        after: int,
+        limit: int,
+        *,
+        state: int | None = None,
+        custom_ids: Sequence[str] = (),
+    ) -> FinishedPage:
+        """Finished rows past the cursor `after`, in ledger (dispatch) order, optionally of one
+        state and some custom_ids. The page stops before the first request still open, so a
+        cursor never passes a request that finishes later."""
+
+    def stored_lines(
+        self, batch_seq: int, states: Sequence[int], page: int = 5000
+    ) -> AsyncIterator[StoredLine]:
+        """The requests of a batch in these states, in line order, as the user sent them."""
+
+    async def finished_since(self, batch_seq: int, since: float) -> int:
+        """How many requests of the batch finished at or after unix time `since`."""
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        """How many requests of the batch finished in each of `buckets` spans of `step`
+        seconds from unix time `start` (earlier ones count in the first, later ones in
+        the last; rows without a finish time, from before it was recorded, in none)."""
+
     async def purge_finished(self, created_before: int) -> int: ...
     async def failed_sample(self, batch_seq: int, limit: int = 20) -> list[dict[str, Any]]: ...
+
+
+class EventStore(Protocol):
+    """The webhook outbox: events leased to one sender at a time, kept until delivered."""
+
+    async def add(self, event: OutboxEvent) -> None:
+        """Queue an event; an id already queued is not doubled."""
+
+    async def claim_due(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[OutboxEvent]:
+        """Lease events due by `now` that nobody holds (or whose holder's lease ran out)."""
+
+    async def delivered(self, event_id: str, owner: str) -> None:
+        """The receiver took it: the event goes, if `owner` still holds it."""
+
+    async def retry_at(
+        self, event_id: str, owner: str, attempts: int, next_at: float, error: str
+    ) -> None: ...
+    async def give_up(self, event_id: str, owner: str, attempts: int, error: str) -> None:
+        """Kept, as dead, for an operator to look at; never sent again."""
+
+    async def next_due(self) -> float | None:
+        """When the earliest waiting event is due (its lease's end, if held)."""
+
+    async def release_all(self) -> int:
+        """At start-up of a single-process store: every lease belonged to a dead process."""
+
+    async def counts(self) -> tuple[int, int]:
+        """(waiting, dead)."""
 
 
 class KeyStore(Protocol):
@@ -260,6 +386,8 @@ class Store(Protocol):
     def idempotency(self) -> IdempotencyStore: ...
     @property
     def fleet(self) -> FleetStore: ...
+    @property
+    def events(self) -> EventStore: ...
 
     @property
     def single_process(self) -> bool:

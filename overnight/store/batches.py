@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -10,6 +10,8 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from overnight.models import ENDED_AT, Batch, BatchError, BatchStatus, File, Usage
+from overnight.store.base import OutboxEvent
+from overnight.store.events import add_event
 from overnight.store.files import file_values
 from overnight.store.schema import batches, files
 
@@ -118,6 +120,28 @@ class BatchRepo:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        if not file_ids:
+            return []
+        ids = list(file_ids)
+        query = (
+            select(batches)
+            .where(
+                batches.c.project == project,
+                or_(
+                    batches.c.input_file_id.in_(ids),
+                    batches.c.output_file_id.in_(ids),
+                    batches.c.error_file_id.in_(ids),
+                ),
+            )
+            .order_by(batches.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [to_batch(r) for r in (await conn.execute(query)).all()]
+
     async def active(self) -> list[Batch]:
         """Every batch the executor still has work on, oldest first."""
         open_states = [s.value for s in BatchStatus if not s.terminal]
@@ -130,18 +154,24 @@ class BatchRepo:
         batch_id: str,
         from_states: Iterable[str],
         conn: AsyncConnection | None = None,
+        *,
+        event: OutboxEvent | None = None,
         **values: Any,
     ) -> bool:
-        """Set `values` only if the batch is still in one of `from_states`."""
+        """Set `values` only if the batch is still in one of `from_states`; `event` (a
+        webhook) is queued in the same transaction, so it exists exactly when the change does."""
         query = (
             update(batches)
             .where(batches.c.id == batch_id, batches.c.status.in_(list(from_states)))
             .values(**_columns(values))
         )
         if conn is not None:
-            return (await conn.execute(query)).rowcount == 1
+            changed = (await conn.execute(query)).rowcount == 1
+            if changed and event is not None:
+                await add_event(conn, event)
+            return changed
         async with self.engine.begin() as c:
-            return (await c.execute(query)).rowcount == 1
+            return await self.transition(batch_id, from_states, c, event=event, **values)
 
     async def finish(
         self,
@@ -152,6 +182,7 @@ class BatchRepo:
         counts: tuple[int, int, int],
         usage: Usage,
         outputs: Iterable[tuple[str, File]],
+        event: OutboxEvent | None = None,
     ) -> bool:
         """Close the batch in `status` with its final counts and output files, in one
         transaction, only if it is still in `from_states`; its batch lease ends with it.
@@ -177,7 +208,7 @@ class BatchRepo:
             values[column] = f.id
             rows.append(file_values(f))
         async with self.engine.begin() as conn:
-            if not await self.transition(batch_id, from_states, conn, **values):
+            if not await self.transition(batch_id, from_states, conn, event=event, **values):
                 return False
             if rows:
                 await conn.execute(insert(files), rows)

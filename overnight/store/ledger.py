@@ -8,15 +8,25 @@ crash loses at most the requests that were in flight.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import Integer, case, cast, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from overnight.jsonl import Line
 from overnight.models import MAX_TOTAL_TOKENS, OPEN, TERMINAL, RequestState, Usage
-from overnight.store.base import Claimed, Counts, Outcome, ResultRow
+from overnight.store.base import (
+    Claimed,
+    Counts,
+    FinishedPage,
+    FinishedRow,
+    Outcome,
+    ResultRow,
+    StoredLine,
+    bucketed,
+)
 from overnight.store.faults import retrying
 from overnight.store.schema import batches, requests
 
@@ -35,7 +45,8 @@ _INSERT_SQL = (
 _RECORD_SQL = (
     "UPDATE requests SET state = ?, status_code = ?, response = ?, error = ?,"
     " upstream_request_id = ?, attempts = ?, input_tokens = ?, cached_tokens = ?,"
-    " output_tokens = ?, reasoning_tokens = ?, lease_owner = NULL, lease_until = NULL"
+    " output_tokens = ?, reasoning_tokens = ?, finished_at = ?, lease_owner = NULL,"
+    " lease_until = NULL"
     f" WHERE id = ? AND lease_owner = ? AND state = {int(RequestState.LEASED)}"
 )
 
@@ -116,6 +127,7 @@ class Ledger:
         if not outcomes:
             return
         done, failed = int(RequestState.DONE), int(RequestState.FAILED)
+        finished_at = time.time()
         params = [
             (
                 done if o.ok else failed,
@@ -128,6 +140,7 @@ class Ledger:
                 o.usage.cached_tokens,
                 o.usage.output_tokens,
                 o.usage.reasoning_tokens,
+                finished_at,
                 o.id,
                 owner,
             )
@@ -185,6 +198,15 @@ class Ledger:
                 .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
             )
 
+    async def release_owned(self, owner: str) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(requests)
+                .where(requests.c.state == RequestState.LEASED, requests.c.lease_owner == owner)
+                .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
     async def renew(self, owner: str, lease_until: float) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -223,7 +245,11 @@ class Ledger:
                     requests.c.state.in_([RequestState.PENDING, RequestState.LEASED]),
                 )
                 .values(
-                    state=RequestState.FAILED, error=error_json, lease_owner=None, lease_until=None
+                    state=RequestState.FAILED,
+                    error=error_json,
+                    finished_at=time.time(),
+                    lease_owner=None,
+                    lease_until=None,
                 )
             )
 
@@ -288,6 +314,109 @@ class Ledger:
             if len(rows) < page:
                 return
             last = rows[-1].line
+
+    async def finished_page(
+        self,
+        batch_seq: int,
+        after: int,
+        limit: int,
+        *,
+        state: int | None = None,
+        custom_ids: Sequence[str] = (),
+    ) -> FinishedPage:
+        of_batch = requests.c.batch_seq == batch_seq
+        open_states = [RequestState.PENDING, RequestState.LEASED]
+        first_open = select(func.min(requests.c.id)).where(
+            of_batch, requests.c.state.in_(open_states)
+        )
+        last = select(func.max(requests.c.id)).where(of_batch)
+        wanted = [state] if state is not None else [RequestState.DONE, RequestState.FAILED]
+        query = select(
+            requests.c.id,
+            requests.c.line,
+            requests.c.custom_id,
+            requests.c.state,
+            requests.c.status_code,
+            requests.c.response,
+            requests.c.error,
+            requests.c.upstream_request_id,
+        ).where(of_batch, requests.c.id > after, requests.c.state.in_(wanted))
+        if custom_ids:
+            query = query.where(requests.c.custom_id.in_(list(custom_ids)))
+        async with self.engine.connect() as conn:
+            # One snapshot on PostgreSQL would need REPEATABLE READ; reading the barrier
+            # first is enough: a row open then can only be past it, never before it.
+            barrier = (await conn.execute(first_open)).scalar()
+            if barrier is not None:
+                query = query.where(requests.c.id < barrier)
+            else:
+                top = (await conn.execute(last)).scalar()
+                barrier = (top or after) + 1
+            query = query.order_by(requests.c.id).limit(limit + 1)
+            rows = [FinishedRow._make(r) for r in (await conn.execute(query)).all()]
+        if len(rows) > limit:
+            return FinishedPage(rows[:limit], rows[limit - 1].id, True)
+        return FinishedPage(rows, max(after, int(barrier) - 1), False)
+
+    async def stored_lines(
+        self, batch_seq: int, states: Sequence[int], page: int = 5000
+    ) -> AsyncIterator[StoredLine]:
+        last = 0
+        while True:
+            query = (
+                select(
+                    requests.c.line,
+                    requests.c.custom_id,
+                    requests.c.body,
+                    requests.c.state,
+                    requests.c.error,
+                )
+                .where(
+                    requests.c.batch_seq == batch_seq,
+                    requests.c.line > last,
+                    requests.c.state.in_(list(states)),
+                )
+                .order_by(requests.c.line)
+                .limit(page)
+            )
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            for r in rows:
+                yield StoredLine(r[0], r[1], bytes(r[2]), r[3], r[4])
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    async def finished_since(self, batch_seq: int, since: float) -> int:
+        query = select(func.count()).where(
+            requests.c.batch_seq == batch_seq,
+            requests.c.state.in_([RequestState.DONE, RequestState.FAILED]),
+            requests.c.finished_at >= since,
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        span = (requests.c.finished_at - start) / step
+        # floor() on PostgreSQL; SQLite may lack it, and its CAST truncates, which is the
+        # floor for the spans that matter (the negative ones all go to the first bucket).
+        index = (
+            func.floor(span) if self.engine.dialect.name == "postgresql" else cast(span, Integer)
+        )
+        query = (
+            select(index, func.count())
+            .where(
+                requests.c.batch_seq == batch_seq,
+                requests.c.state.in_([RequestState.DONE, RequestState.FAILED]),
+                requests.c.finished_at.is_not(None),
+            )
+            .group_by(index)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return bucketed(rows, buckets)
 
     async def purge_finished(self, created_before: int) -> int:
         """Drop the rows of terminal batches created before `created_before` (unix s)."""

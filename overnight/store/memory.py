@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from overnight.models import ENDED_AT, ApiKey, Batch, BatchStatus, File, Usage, now
 from overnight.store.base import (
+    OutboxEvent,
     Remembered,
     StoreStats,
 )
 from overnight.store.keys import SHOWN_PREFIX, hash_key, new_key
+from overnight.store.memory_events import MemoryEvents
 from overnight.store.memory_fleet import MemoryFleet
 from overnight.store.memory_ledger import MemoryLedger
 
@@ -98,6 +100,7 @@ class _BatchRow:
 
 class MemoryBatches:
     def __init__(self, files: MemoryFiles) -> None:
+        self.events = MemoryEvents()  # a batch's close queues its event in one step
         self.files = files
         self.rows: dict[str, _BatchRow] = {}
         self.by_seq: dict[int, _BatchRow] = {}
@@ -135,6 +138,18 @@ class MemoryBatches:
             if r.batch.project == project and not BatchStatus(r.batch.status).terminal
         )
 
+    async def using_files(
+        self, project: str, file_ids: Sequence[str], limit: int = 500
+    ) -> list[Batch]:
+        wanted = set(file_ids)
+        found = [
+            _batch(r.batch)
+            for r in reversed(self.by_seq.values())
+            if r.batch.project == project
+            and wanted & {r.batch.input_file_id, r.batch.output_file_id, r.batch.error_file_id}
+        ]
+        return found[:limit]
+
     async def active(self) -> list[Batch]:
         return [
             _batch(r.batch)
@@ -154,11 +169,20 @@ class MemoryBatches:
             else:
                 raise TypeError(f"a batch has no field {name!r}")
 
-    async def transition(self, batch_id: str, from_states: Iterable[str], **values: Any) -> bool:
+    async def transition(
+        self,
+        batch_id: str,
+        from_states: Iterable[str],
+        *,
+        event: OutboxEvent | None = None,
+        **values: Any,
+    ) -> bool:
         row = self.rows.get(batch_id)
         if row is None or row.batch.status not in set(from_states):
             return False
         self._set(row, values)
+        if event is not None:
+            await self.events.add(event)
         return True
 
     async def set_values(self, batch_id: str, **values: Any) -> None:
@@ -175,6 +199,7 @@ class MemoryBatches:
         counts: tuple[int, int, int],
         usage: Usage,
         outputs: Iterable[tuple[str, File]],
+        event: OutboxEvent | None = None,
     ) -> bool:
         row = self.rows.get(batch_id)
         outputs = list(outputs)
@@ -190,6 +215,8 @@ class MemoryBatches:
         self._set(row, values)
         for _, f in outputs:
             self.files.rows[f.id] = _copy(f)
+        if event is not None:
+            await self.events.add(event)
         return True
 
     async def take_ownership(self, batch_id: str, owner: str, now: float, until: float) -> bool:
@@ -286,6 +313,7 @@ class MemoryStore:
         self.keys = MemoryKeys()
         self.idempotency = MemoryIdempotency()
         self.fleet = MemoryFleet()
+        self.events = self.batches.events
 
     @property
     def single_process(self) -> bool:

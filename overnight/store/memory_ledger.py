@@ -6,13 +6,25 @@ live counters move only while the batch is live (the finalizer recounts from the
 
 from __future__ import annotations
 
+import math
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from overnight.jsonl import Line
 from overnight.models import OPEN, BatchStatus, RequestState, Usage
-from overnight.store.base import Claimed, Counts, Outcome, ResultRow
+from overnight.store.base import (
+    Claimed,
+    Counts,
+    FinishedPage,
+    FinishedRow,
+    Outcome,
+    ResultRow,
+    StoredLine,
+    bucketed,
+)
 
 if TYPE_CHECKING:
     from overnight.store.memory import MemoryBatches
@@ -37,9 +49,12 @@ class _Request:
     usage: Usage = field(default_factory=Usage)
     lease_owner: str | None = None
     lease_until: float | None = None
+    finished_at: float | None = None
 
     def free(self, state: int = PENDING) -> None:
         self.state, self.lease_owner, self.lease_until = state, None, None
+        if state in (DONE, FAILED):
+            self.finished_at = time.time()
 
 
 class MemoryLedger:
@@ -103,6 +118,9 @@ class MemoryLedger:
     async def release(self, owner: str, ids: Sequence[int]) -> None:
         self._release((self.rows[i] for i in ids if i in self.rows), owner)
 
+    async def release_owned(self, owner: str) -> int:
+        return self._release(self.rows.values(), owner)
+
     async def renew(self, owner: str, lease_until: float) -> None:
         for r in self.rows.values():
             if r.state == LEASED and r.lease_owner == owner:
@@ -149,6 +167,64 @@ class MemoryLedger:
                 r.error,
                 r.upstream_request_id,
             )
+
+    async def finished_page(
+        self,
+        batch_seq: int,
+        after: int,
+        limit: int,
+        *,
+        state: int | None = None,
+        custom_ids: Sequence[str] = (),
+    ) -> FinishedPage:
+        rows = sorted(self._of(batch_seq), key=_by_id)
+        barrier = next((r.id for r in rows if r.state in (PENDING, LEASED)), None)
+        if barrier is None:
+            barrier = (rows[-1].id if rows else after) + 1
+        wanted = {state} if state is not None else {DONE, FAILED}
+        ids = set(custom_ids)
+        page = [
+            FinishedRow(
+                r.id,
+                r.line,
+                r.custom_id,
+                r.state,
+                r.status_code,
+                r.response,
+                r.error,
+                r.upstream_request_id,
+            )
+            for r in rows
+            if after < r.id < barrier and r.state in wanted and (not ids or r.custom_id in ids)
+        ]
+        if len(page) > limit:
+            return FinishedPage(page[:limit], page[limit - 1].id, True)
+        return FinishedPage(page, max(after, barrier - 1), False)
+
+    async def stored_lines(
+        self, batch_seq: int, states: Sequence[int], page: int = 5000
+    ) -> AsyncIterator[StoredLine]:
+        wanted = set(states)
+        for r in sorted(self._of(batch_seq), key=_by_line):
+            if r.state in wanted:
+                yield StoredLine(r.line, r.custom_id, r.body, r.state, r.error)
+
+    async def finished_since(self, batch_seq: int, since: float) -> int:
+        return sum(
+            1
+            for r in self._of(batch_seq)
+            if r.state in (DONE, FAILED) and (r.finished_at or 0.0) >= since
+        )
+
+    async def finished_curve(
+        self, batch_seq: int, start: float, step: float, buckets: int
+    ) -> list[int]:
+        indexes = Counter(
+            math.floor((r.finished_at - start) / step)
+            for r in self._of(batch_seq)
+            if r.state in (DONE, FAILED) and r.finished_at is not None
+        )
+        return bucketed(indexes.items(), buckets)
 
     async def purge_finished(self, created_before: int) -> int:
         n = 0

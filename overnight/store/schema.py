@@ -102,6 +102,7 @@ requests = Table(
     Column("response", LargeBinary),
     Column("error", Text),
     Column("upstream_request_id", String(128)),
+    Column("finished_at", Float),  # unix time the request became done or failed
     Column("input_tokens", Tokens, nullable=False, default=0),
     Column("cached_tokens", Tokens, nullable=False, default=0),
     Column("output_tokens", Tokens, nullable=False, default=0),
@@ -117,6 +118,23 @@ requests = Table(
         postgresql_where=text("state = 1"),
         sqlite_where=text("state = 1"),
     ),
+)
+
+# The webhook outbox: one row per event until its receiver answers 2xx (state 0), or for
+# good once it gave up (state 1). A sender leases rows, so one process sends at a time.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project", String(255), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", SmallInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_error", Text),
+    Index("ix_webhook_events_due", "state", "next_at"),
 )
 
 api_keys = Table(

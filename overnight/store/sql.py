@@ -14,6 +14,7 @@ from overnight.models import BatchStatus, RequestState
 from overnight.store.base import StoreStats
 from overnight.store.batches import BatchRepo
 from overnight.store.database import create_engine, create_schema, is_sqlite
+from overnight.store.events import EventRepo
 from overnight.store.files import FileRepo
 from overnight.store.idempotency import IdempotencyRepo
 from overnight.store.keys import KeyRepo
@@ -31,6 +32,7 @@ class SqlStore:
     keys: KeyRepo
     idempotency: IdempotencyRepo
     fleet: SqlFleet
+    events: EventRepo
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -44,6 +46,7 @@ class SqlStore:
             KeyRepo(engine),
             IdempotencyRepo(engine),
             SqlFleet(engine),
+            EventRepo(engine),
         )
 
     @property

@@ -9,6 +9,7 @@ bearer key. With no keys configured, loopback callers need no login at all.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -21,16 +22,18 @@ from overnight import metrics
 from overnight.api.auth import current_project
 from overnight.api.files import stream_file
 from overnight.api.limits import plausible_id
+from overnight.backends.base import ENDPOINTS
 from overnight.errors import NotFound, OvernightError
-from overnight.models import Batch
+from overnight.models import Batch, BatchStatus
 from overnight.services import Services
-from overnight.web import views
+from overnight.web import forward, views
 
 HERE = Path(__file__).parent
 COOKIE = "overnight_key"
 STATIC = {"app.css": "text/css", "app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 PAGE_SIZE = 50
 FAILED_SAMPLE = 20
+FILE_BATCHES = 500  # batches named on one page of files, at most
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(
@@ -108,11 +111,33 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
 # --- data -------------------------------------------------------------------------------
 
 
+def _recent_counts(request: Request) -> views.RecentCounts:
+    counts = getattr(request.app.state, "recent_counts", None)
+    if counts is None:
+        counts = request.app.state.recent_counts = views.RecentCounts()
+    return counts
+
+
+async def _view(request: Request, b: Batch, t: float) -> dict[str, Any]:
+    """The batch as the pages show it, its current throughput counted in the ledger."""
+    svc = _svc(request)
+    _history(request).record(b, t)
+    if b.status != BatchStatus.IN_PROGRESS:
+        return views.batch_view(b, svc.settings.prices, None, t)
+    counts = _recent_counts(request)
+    hit = counts.get(b.id, t)
+    if hit is None:
+        hit = (t, await svc.store.ledger.finished_since(b.seq, t - views.RATE_WINDOW))
+        counts.put(b.id, *hit)
+    counted_at, recent = hit
+    return views.batch_view(b, svc.settings.prices, recent, counted_at)
+
+
 async def _list(request: Request, project: str, after: str | None) -> dict[str, Any]:
     svc = _svc(request)
     items, more = await svc.store.batches.page(project, limit=PAGE_SIZE, after=after)
-    history, prices = _history(request), svc.settings.prices
-    rows = [views.batch_view(b, history, prices) for b in items]
+    t = time.time()
+    rows = [await _view(request, b, t) for b in items]
     running = [r for r in rows if r["status"] == "in_progress"]
     summary = {
         "shown": len(rows),
@@ -138,8 +163,13 @@ async def _detail(request: Request, project: str, batch_id: str) -> tuple[Batch,
     b = await svc.store.batches.get(batch_id, project) if plausible_id(batch_id) else None
     if b is None:
         raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
-    history = _history(request)
-    view = views.batch_view(b, history, svc.settings.prices)
+    history, t = _history(request), time.time()
+    span = views.curve_span(b, t)
+    if span is not None and not history.seeded(b.id):
+        # Once per batch and process: the chart's past, from the ledger's finish times.
+        counts = await svc.store.ledger.finished_curve(b.seq, *span)
+        history.seed(b.id, views.curve_points(span[0], span[1], counts, t) if any(counts) else [])
+    view = await _view(request, b, t)
     sample = await svc.store.ledger.failed_sample(b.seq, FAILED_SAMPLE) if b.failed else []
     view["failed_sample"] = [views.failed_view(r) for r in sample]
     points = views.progress_points(b, history)
@@ -172,7 +202,15 @@ async def dashboard(
     if project is None:
         return _to_login(request)
     listing = await _list(request, project, after)
-    return _render(request, "dashboard.html", project=project, listing=listing, page="batches")
+    return _render(
+        request,
+        "dashboard.html",
+        project=project,
+        listing=listing,
+        page="batches",
+        endpoints=ENDPOINTS,
+        windows=_svc(request).settings.completion_windows,
+    )
 
 
 @router.get("/ui/batches/{batch_id}")
@@ -196,10 +234,36 @@ async def files_page(
 ) -> Response:
     if project is None:
         return _to_login(request)
-    items, more = await _svc(request).store.files.page(
+    store = _svc(request).store
+    items, more = await store.files.page(
         project, purpose=None, limit=100, order="desc", after=after
     )
-    return _render(request, "files.html", project=project, files=items, has_more=more, page="files")
+    return _render(
+        request,
+        "files.html",
+        project=project,
+        files=items,
+        batches=await _batches_of(request, project, [f.id for f in items]),
+        has_more=more,
+        page="files",
+    )
+
+
+async def _batches_of(
+    request: Request, project: str, file_ids: list[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """file id -> [(batch id, what the file is to it)], newest batch first."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    wanted = set(file_ids)
+    for b in await _svc(request).store.batches.using_files(project, file_ids, FILE_BATCHES):
+        for role, file_id in (
+            ("input", b.input_file_id),
+            ("output", b.output_file_id),
+            ("errors", b.error_file_id),
+        ):
+            if file_id in wanted:
+                found.setdefault(file_id, []).append((b.id, role))
+    return found
 
 
 @router.get("/ui/login")
@@ -272,6 +336,12 @@ async def batch_json(request: Request, batch_id: str, project: Project) -> dict[
     _b, view = await _detail(request, project, batch_id)
     view.pop("chart")
     return view
+
+
+@router.api_route(forward.PREFIX + "/{path:path}", methods=["GET", "POST", "DELETE"])
+async def action(request: Request, path: str) -> Response:
+    """Cancel, retry, upload, create, delete: the API's own routes, with the login's key."""
+    return forward.forward(request.scope, request.method, "/" + path, request.cookies.get(COOKIE))
 
 
 @router.get("/ui/files/{file_id}/content")

@@ -228,9 +228,11 @@ async def test_responses_image_input_is_a_400(backend: LlamaCppBackend) -> None:
         {"type": "input_text", "text": "Describe this."},
         {"type": "input_image", "image_url": "https://example.com/cat.png"},
     ]
-    body = {"model": "smollm2", "input": [{"role": "user", "content": content}]}
+    body = {"model": "gpt-4o-mini-batch", "input": [{"role": "user", "content": content}]}
     response = await backend.send(RESPONSES, body)
     assert_error(response, "input", "image_input_not_supported")
+    # The model the request named, not the route's name (a catch-all route is "*").
+    assert "The model 'gpt-4o-mini-batch' is text-only" in response.body["error"]["message"]
 
 
 @pytest.mark.asyncio

@@ -7,6 +7,7 @@ for the real ones.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from overnight.jsonl import Line
 from overnight.models import Batch, BatchError, BatchStatus, File, RequestState, Usage, new_batch_id
 from overnight.settings import normalize_database_url
 from overnight.store import Store, open_store
-from overnight.store.base import KEY_TTL, Outcome
+from overnight.store.base import KEY_TTL, OutboxEvent, Outcome
 from overnight.store.keys import hash_key
 from tests.scaleout.infra import create_database, drop_database, postgres_available
 
@@ -129,6 +130,21 @@ async def test_batches_page_newest_first_and_count_open(store: Store) -> None:
     assert [x.id for x in await store.batches.active()][:2] == ids[:2]
 
 
+async def test_batches_using_files_newest_first_within_the_project(store: Store) -> None:
+    first = batch(input_file_id="file-a")
+    second = batch(input_file_id="file-a", output_file_id="file-o", error_file_id="file-e")
+    third = batch(input_file_id="file-b")
+    for b in (first, second, third, batch(project="q", input_file_id="file-a")):
+        await store.batches.add(b)
+    found = await store.batches.using_files("p", ["file-a"])
+    assert [b.id for b in found] == [second.id, first.id]
+    found = await store.batches.using_files("p", ["file-e", "file-b", "file-none"])
+    assert [b.id for b in found] == [third.id, second.id]
+    assert [b.id for b in await store.batches.using_files("p", ["file-a"], limit=1)] == [second.id]
+    assert await store.batches.using_files("p", []) == []
+    assert await store.batches.using_files("q", ["file-o"]) == []
+
+
 async def test_finish_closes_once_with_its_files(store: Store) -> None:
     b = batch(status=BatchStatus.FINALIZING)
     await store.batches.add(b)
@@ -189,6 +205,9 @@ async def test_the_ledger_leases_and_records_once(store: Store) -> None:
     assert await store.ledger.reclaim_expired(T0 + 150) == 3
     again = await store.ledger.claim(seq, "w3", 10, T0 + 200)
     assert [c.line for c in again] == [3, 4, 5, 6]
+    assert await store.ledger.release_owned("w2") == 0  # w3 holds them now
+    assert await store.ledger.release_owned("w3") == 4
+    await store.ledger.claim(seq, "w3", 10, T0 + 200)
     assert await store.ledger.release_all() == 4
     counts, usage = await store.ledger.counts(seq)
     assert (counts.total, counts.completed, counts.failed, counts.open, counts.leased) == (
@@ -206,6 +225,102 @@ async def test_the_ledger_leases_and_records_once(store: Store) -> None:
     assert rows[2].error == '{"code":"batch_cancelled","message":"x"}'
     sample = await store.ledger.failed_sample(seq, limit=2)
     assert [s["line"] for s in sample] == [2, 3] and sample[0]["status_code"] == 400
+
+
+async def test_finished_pages_never_pass_an_open_request(store: Store) -> None:
+    seq = await store.batches.add(batch())
+    await store.ledger.add_lines(seq, lines(6))
+    claimed = await store.ledger.claim(seq, "w", 6, T0 + 10)
+    ids = [c.id for c in claimed]
+    before = time.time()
+    # Lines 1, 2, 4 and 6 finish; 3 and 5 are still in flight.
+    failed = Outcome(ids[1], seq, False, 400, b"{}", '{"code":"c","message":"m"}', None, 1, Usage())
+    await store.ledger.record("w", [ok(ids[0], seq), failed, ok(ids[3], seq), ok(ids[5], seq)])
+    page = await store.ledger.finished_page(seq, 0, 10)
+    assert [r.line for r in page.rows] == [1, 2] and not page.more
+    assert page.cursor == ids[1]
+    assert page.rows[1].state == RequestState.FAILED and page.rows[1].error
+    # Paging with a limit, and filters, keep the same barrier.
+    first = await store.ledger.finished_page(seq, 0, 1)
+    assert [r.line for r in first.rows] == [1] and first.more and first.cursor == ids[0]
+    only_failed = await store.ledger.finished_page(seq, 0, 10, state=RequestState.FAILED)
+    assert [r.line for r in only_failed.rows] == [2] and only_failed.cursor == ids[1]
+    picked = await store.ledger.finished_page(seq, 0, 10, custom_ids=["r1", "r6"])
+    assert [r.line for r in picked.rows] == [1]
+    # Line 3 finishes: the stream moves up to line 5, still open.
+    await store.ledger.record("w", [ok(ids[2], seq)])
+    page = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert [r.line for r in page.rows] == [3, 4] and page.cursor == ids[3]
+    await store.ledger.close_open(seq, '{"code":"batch_cancelled","message":"x"}')
+    page = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert [r.line for r in page.rows] == [5, 6] and page.cursor == ids[5] and not page.more
+    empty = await store.ledger.finished_page(seq, page.cursor, 10)
+    assert empty.rows == [] and empty.cursor == ids[5]
+    assert await store.ledger.finished_since(seq, before) == 6
+    assert await store.ledger.finished_since(seq, time.time() + 60) == 0
+    stored = [s async for s in store.ledger.stored_lines(seq, [RequestState.FAILED], page=1)]
+    assert [(s.line, s.custom_id, s.body) for s in stored] == [
+        (2, "r2", b'{"model":"m"}'),
+        (5, "r5", b'{"model":"m"}'),
+    ]
+
+
+async def test_finished_curve_counts_by_finish_time(store: Store) -> None:
+    b = batch()
+    seq = await store.batches.add(b)
+    await store.ledger.add_lines(seq, lines(6))
+    claimed = await store.ledger.claim(seq, "w", 6, time.time() + 60)
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[:3]])
+    between = time.time()  # after the first three finished, before the next two
+    await store.ledger.record("w", [ok(c.id, seq) for c in claimed[3:5]])
+    assert await store.ledger.finished_curve(seq, between - 1000, 1000, 3) == [3, 2, 0]
+    assert await store.ledger.finished_curve(seq, between, 1000, 2) == [5, 0]  # earlier: first
+    assert await store.ledger.finished_curve(seq, between - 5000, 1000, 2) == [0, 5]  # later: last
+    other = await store.batches.add(batch())
+    assert await store.ledger.finished_curve(other, between, 1, 4) == [0, 0, 0, 0]
+
+
+async def test_the_outbox_leases_each_event_to_one_sender(store: Store) -> None:
+    events = store.events
+    first, second = OutboxEvent("evt_1", "p", b'{"a":1}'), OutboxEvent("evt_2", "p", b"{}", 0, 5.0)
+    await events.add(first)
+    await events.add(OutboxEvent("evt_1", "p", b"other"))  # the same id: not doubled
+    await events.add(second)
+    assert await events.counts() == (2, 0)
+    assert await events.next_due() == 0.0
+    [got] = await events.claim_due("a", now=1.0, lease_until=11.0, limit=10)
+    assert (got.id, got.body) == ("evt_1", b'{"a":1}')
+    assert await events.claim_due("b", now=2.0, lease_until=12.0, limit=10) == []  # a holds it
+    # a died: once its lease ends b takes the event; a's late answer changes nothing.
+    assert [e.id for e in await events.claim_due("b", 12.0, 22.0, 10)] == ["evt_1", "evt_2"]
+    await events.delivered("evt_1", "a")
+    assert await events.counts() == (2, 0)
+    await events.delivered("evt_1", "b")
+    await events.retry_at("evt_2", "b", 1, 30.0, "HTTP 500")
+    assert await events.counts() == (1, 0) and await events.next_due() == 30.0
+    assert await events.claim_due("c", 29.0, 40.0, 10) == []
+    [again] = await events.claim_due("c", 30.0, 40.0, 10)
+    assert (again.attempts, again.last_error) == (1, "HTTP 500")
+    assert await events.release_all() == 1
+    [again] = await events.claim_due("d", 31.0, 41.0, 10)
+    await events.give_up("evt_2", "d", 2, "HTTP 500")
+    assert await events.counts() == (0, 1) and await events.next_due() is None
+    assert await events.claim_due("e", 99.0, 109.0, 10) == []
+
+
+async def test_a_batch_and_its_event_commit_together(store: Store) -> None:
+    b = batch()
+    await store.batches.add(b)
+    event = OutboxEvent("evt_done", "p", b"{}")
+    closed = await store.batches.finish(
+        b.id, [BatchStatus.IN_PROGRESS], "completed", T0, (0, 0, 0), Usage(), [], event
+    )
+    assert closed and await store.events.counts() == (1, 0)
+    late = OutboxEvent("evt_late", "p", b"{}")
+    assert not await store.batches.transition(
+        b.id, [BatchStatus.IN_PROGRESS], event=late, status="failed"
+    )
+    assert [e.id for e in await store.events.claim_due("w", 1.0, 2.0, 10)] == ["evt_done"]
 
 
 async def test_counters_stop_moving_once_a_batch_is_closed(store: Store) -> None:

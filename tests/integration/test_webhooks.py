@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import openai
 import pytest
 
 from overnight.settings import WebhookTarget
-from overnight.webhooks import Webhooks, sign
+from overnight.store import open_store
+from overnight.webhooks import Webhooks, event_body, event_id, sign, take_in_files
 from tests.live_server import API_KEY, PROJECT, chat_line, running_server, wait_status
 from tests.support.upstream_stub import StubConfig, StubServer
 
@@ -68,6 +70,11 @@ class Receiver:
             assert time.monotonic() < deadline, f"only {self.deliveries} after {timeout} s"
             time.sleep(0.05)
         return self.accepted()
+
+
+def _waiting_events(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0])
 
 
 def unwrap(headers: dict[str, str], body: bytes) -> Any:
@@ -134,34 +141,58 @@ def test_batch_events_are_signed_retried_and_verifiable_with_the_sdk(
             ]
             assert len({e.id for e in events}) == 3
             http.close()
-        assert not list((tmp_path / "data" / "webhooks").glob("evt_*.json"))  # outbox drained
+        assert _waiting_events(tmp_path / "data" / "overnight.db") == 0  # outbox drained
 
 
 async def test_pending_events_survive_a_restart(tmp_path: Path) -> None:
-    outbox = tmp_path / "webhooks"
+    url = f"sqlite+aiosqlite:///{tmp_path}/overnight.db"
     with Receiver() as receiver:
         down = WebhookTarget("p", "http://127.0.0.1:9/hooks", SECRET, retry_base_seconds=0.05)
-        hooks = Webhooks((down,), outbox)  # the receiver is unreachable: nothing is sent
+        store = await open_store(url)
+        hooks = Webhooks((down,), store.events, "first")  # unreachable: nothing is sent
         await hooks.emit("p", "batch_abc", "expired")
+        await hooks.emit("p", "batch_abc", "expired")  # the same event twice: one event
         await hooks.emit("nobody-listens", "batch_xyz", "completed")  # no webhook: no event
         await hooks.deliver_due()
         await hooks.close()
-        [pending] = outbox.glob("evt_*.json")
-        assert json.loads(pending.read_text())["attempts"] == 1
+        assert await store.events.counts() == (1, 0)
+        await store.close()
 
         up = WebhookTarget("p", receiver.url, SECRET, retry_base_seconds=0.05)
-        restarted = Webhooks((up,), outbox)  # a new process, the same data dir
+        store = await open_store(url)  # a new process, the same database
+        restarted = Webhooks((up,), store.events, "second", single_process=True)
         restarted.start()
         try:
             deadline = time.monotonic() + 30
             while not receiver.accepted() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)  # the sender runs on this event loop
             [(headers, body)] = receiver.accepted()
+            while await store.events.counts() != (0, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert await store.events.counts() == (0, 0)
         finally:
             await restarted.close()
+            await store.close()
     event = unwrap(headers, body)
-    assert (event.type, event.data.id, event.id) == ("batch.expired", "batch_abc", pending.stem)
-    assert not list(outbox.glob("evt_*.json"))
+    assert (event.type, event.data.id) == ("batch.expired", "batch_abc")
+    assert event.id == event_id("batch_abc", "batch.expired")
+
+
+async def test_files_an_older_outbox_left_are_taken_in(tmp_path: Path) -> None:
+    outbox = tmp_path / "webhooks"
+    outbox.mkdir()
+    eid, body = event_body("batch.completed", "batch_old", 1_700_000_000)
+    entry = {"project": "p", "body": body.decode(), "attempts": 3, "next_at": 0.0}
+    (outbox / f"{eid}.json").write_text(json.dumps(entry))
+    (outbox / "evt_broken.json").write_text("{not json")
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/overnight.db")
+    try:
+        assert await take_in_files(outbox, store.events) == 1
+        [event] = await store.events.claim_due("me", time.time(), time.time() + 60, 10)
+        assert (event.id, event.body, event.attempts) == (eid, body, 3)
+        assert not (outbox / f"{eid}.json").exists()
+    finally:
+        await store.close()
 
 
 def test_signature_matches_the_standard_webhooks_example() -> None:

@@ -7,6 +7,7 @@ Each test starts real processes: `overnight serve --no-executor` and `overnight 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,56 @@ async def test_cancel_and_expiry_sent_to_the_api_stop_the_workers(
                 settled = sum(httpx.get(f"{stub.base_url}/_counts").json().values())
                 await asyncio.sleep(1.0)
                 assert sum(httpx.get(f"{stub.base_url}/_counts").json().values()) == settled
+            finally:
+                await conn.close()
+                await client.close()
+
+
+async def test_rolling_update_sigterm_resends_nothing(
+    tmp_path: Path, pg_url: str, s3_env: dict[str, str]
+) -> None:
+    """SIGTERM to one of two workers mid-batch (what a rolling update sends): it waits for
+    its answers, records them and gives back its leases, so the other worker goes on at
+    once and no request reaches the upstream twice."""
+    n = 60
+    ids = [f"t{i:03d}" for i in range(n)]
+    with StubProcess(StubConfig(latency=1.0)) as stub:
+        cluster = Cluster(
+            tmp_path,
+            database_url=pg_url,
+            aws=s3_env,
+            config=_config(stub.url, max_concurrency=8),
+            workers=2,
+            env={"OVERNIGHT_SHUTDOWN_GRACE_SECONDS": "20"},
+        )
+        with cluster:
+            client = openai.AsyncOpenAI(base_url=f"{cluster.api.url}/v1", api_key="x")
+            conn = await cluster.db()
+            try:
+                f = await client.files.create(file=("in.jsonl", chat_lines(ids)), purpose="batch")
+                batch = await client.batches.create(
+                    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+                victim = cluster.workers[0]
+                assert victim.process is not None
+                tag = f"%:{victim.process.pid}:%"
+                held = "SELECT count(*) FROM requests WHERE state = 1 AND lease_owner LIKE $1"
+                deadline = time.monotonic() + 60
+                while await conn.fetchval(held, tag) == 0:
+                    assert time.monotonic() < deadline, "the worker never took any request"
+                    await asyncio.sleep(0.02)
+                victim.process.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(victim.process.wait, 30) in (0, -signal.SIGTERM)
+                assert await conn.fetchval(held, tag) == 0  # its leases came back
+                assert "shutting down" in victim.log()
+
+                done = await _wait(client, batch.id, _terminal, timeout=120)
+                assert done.status == "completed", done
+                assert (done.request_counts.completed, done.request_counts.failed) == (n, 0)
+                assert sorted(await _lines(client, done.output_file_id)) == ids
+                counts = httpx.get(f"{stub.base_url}/_counts").json()
+                assert set(counts) == set(ids)
+                assert {cid: c for cid, c in counts.items() if c != 1} == {}  # none sent twice
             finally:
                 await conn.close()
                 await client.close()

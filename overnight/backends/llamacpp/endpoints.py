@@ -26,7 +26,9 @@ def prepare_chat(reader: Reader, body: dict[str, Any]) -> Plan:
         raise bad("'messages' is required", "messages", "missing_required_parameter")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty array", "messages")
-    conversation = [reader.message(m, i, "messages") for i, m in enumerate(messages)]
+    conversation = [
+        reader.message(m, i, "messages", reader.model_name(body)) for i, m in enumerate(messages)
+    ]
     grammar = reader.grammar(body.get("response_format"), "response_format", nested=True)
     sampling = reader.sampling(body, grammar)
     n = integer(body, "n", 1, MAX_N) or 1
@@ -128,7 +130,7 @@ def prepare_responses(reader: Reader, body: dict[str, Any]) -> Plan:
                 "input",
                 "unsupported_content_type",
             )
-        conversation.append(reader.message(item, i, "input"))
+        conversation.append(reader.message(item, i, "input", reader.model_name(body)))
     text = body.get("text")
     if text is not None and not isinstance(text, dict):
         raise bad("'text' must be an object", "text")

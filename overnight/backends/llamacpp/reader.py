@@ -49,7 +49,7 @@ class Reader:
         for key in ("logprobs", "top_logprobs", "tools", "functions"):
             if body.get(key):  # refused rather than silently answered without them
                 raise bad(
-                    f"'{key}' is not supported by the embedded model '{self.name}'",
+                    f"'{key}' is not supported by the embedded model '{self.model_name(body)}'",
                     key,
                     "unsupported_parameter",
                 )
@@ -93,7 +93,7 @@ class Reader:
         except ValueError as exc:
             raise bad(f"unsupported JSON schema: {exc}", param, "invalid_json_schema") from exc
 
-    def message(self, message: Any, index: int, param: str) -> dict[str, Any]:
+    def message(self, message: Any, index: int, param: str, model: str) -> dict[str, Any]:
         if not isinstance(message, dict):
             raise bad(f"{param}[{index}] must be an object", param)
         role = message.get("role", "user" if param == "input" else None)
@@ -101,10 +101,11 @@ class Reader:
             raise bad(f"{param}[{index}].role must be one of {sorted(ROLES)}", param)
         return {
             "role": "system" if role == "developer" else role,
-            "content": self.content(message.get("content"), index, param),
+            "content": self.content(message.get("content"), index, param, model),
         }
 
-    def content(self, content: Any, index: int, param: str) -> str:
+    def content(self, content: Any, index: int, param: str, model: str) -> str:
+        """`model`: the name the request wrote, for messages in the user's own terms."""
         if content is None or isinstance(content, str):
             return content or ""
         if not isinstance(content, list):
@@ -114,7 +115,7 @@ class Reader:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in IMAGE_PARTS:
                 raise bad(
-                    f"The model '{self.name}' is text-only and does not accept image input "
+                    f"The model '{model}' is text-only and does not accept image input "
                     f"({param}[{index}] has an image part). Send text only, or route this "
                     "request to a vision model.",
                     param,
@@ -123,7 +124,7 @@ class Reader:
             if kind not in TEXT_PARTS or not isinstance(part.get("text", part.get("refusal")), str):
                 raise bad(
                     f"{param}[{index}] has a content part of type {kind!r}, which the model "
-                    f"'{self.name}' does not accept: only text parts are supported",
+                    f"'{model}' does not accept: only text parts are supported",
                     param,
                     "unsupported_content_type",
                 )
