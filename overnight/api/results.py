@@ -18,13 +18,13 @@ from starlette.responses import Response
 from overnight.api import idempotency
 from overnight.api.batches import CreateBatch, Project, get_batch, new_batch
 from overnight.api.files import services
-from overnight.api.schemas import CONFLICT, NOT_FOUND, BatchObject, ok
+from overnight.api.schemas import AUTH_ERRORS, CONFLICT, NOT_FOUND, BatchObject, ok
 from overnight.errors import Conflict, InvalidRequest
 from overnight.failure_summary import FailureSummary
 from overnight.jsonl import request_id, result_line
 from overnight.models import Batch, BatchStatus, File, RequestState, new_file_id, now
 
-router = APIRouter(tags=["results (extension)"])
+router = APIRouter(tags=["results (extension)"], responses=AUTH_ERRORS)
 
 MAX_PAGE = 10_000
 MAX_CUSTOM_IDS = 100

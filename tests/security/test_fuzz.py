@@ -38,12 +38,21 @@ OPERATIONS = [
     "GET /v1/batches",
     "GET /v1/batches/{batch_id}",
     "POST /v1/batches/{batch_id}/cancel",
+    "GET /v1/batches/{batch_id}/results",
+    "GET /v1/batches/{batch_id}/results/summary",
+    "POST /v1/batches/{batch_id}/retry",
     "GET /healthz",
     "GET /readyz",
 ]
 # Invalid examples need a constrained input to violate: a query or a body. Ids in paths
 # are free strings on purpose (any id answers 404 when it names nothing of the caller's).
-NEGATED = {"POST /v1/files", "GET /v1/files", "POST /v1/batches", "GET /v1/batches"}
+NEGATED = {
+    "POST /v1/files",
+    "GET /v1/files",
+    "POST /v1/batches",
+    "GET /v1/batches",
+    "GET /v1/batches/{batch_id}/results",
+}
 RUNS = [pytest.param(label, GenerationMode.POSITIVE, id=label) for label in OPERATIONS] + [
     pytest.param(label, GenerationMode.NEGATIVE, id=f"{label}-invalid") for label in NEGATED
 ]
