@@ -188,32 +188,38 @@ def _engine_families() -> Iterator[Metric]:
     yield from _duration_families()
 
 
+def _histogram_family(
+    name: str, documentation: str, labels: list[str], series: dict[Any, Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, h in sorted(series.items()):
+        values = list(key) if isinstance(key, tuple) else [key]
+        family.add_metric(values, _cumulative(h.bounds, h.buckets), h.sum)
+    return family
+
+
 def _duration_families() -> Iterator[Metric]:
-    api = HistogramMetricFamily(
+    yield _histogram_family(
         "overnight_api_request_duration_seconds",
         "Time the HTTP API took to answer, by method, path template and status code "
         "(a download: until its last byte was handed to the server).",
-        labels=["method", "handler", "status"],
+        ["method", "handler", "status"],
+        _api,
     )
-    for (method, handler, status), h in sorted(_api.items()):
-        api.add_metric([method, handler, status], _cumulative(h.bounds, h.buckets), h.sum)
-    batches = HistogramMetricFamily(
+    yield _histogram_family(
         "overnight_batch_duration_seconds",
         "Time from a batch's creation to its final status, for the batches this process "
         "closed (completed, failed, expired, cancelled).",
-        labels=["status"],
+        ["status"],
+        _batches,
     )
-    for status, h in sorted(_batches.items()):
-        batches.add_metric([status], _cumulative(h.bounds, h.buckets), h.sum)
-    phases = HistogramMetricFamily(
+    yield _histogram_family(
         "overnight_batch_phase_duration_seconds",
         "Time a batch spent in one phase: validate and finalize (as this process ran them), "
         "run (from in_progress to finalizing).",
-        labels=["phase"],
+        ["phase"],
+        _phases,
     )
-    for phase, h in sorted(_phases.items()):
-        phases.add_metric([phase], _cumulative(h.bounds, h.buckets), h.sum)
-    yield from (api, batches, phases)
 
 
 class _Families(Collector):

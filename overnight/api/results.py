@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from overnight.api import idempotency
-from overnight.api.batches import CreateBatch, Project, get_batch, new_batch
+from overnight.api.batches import MAX_METADATA_PAIRS, CreateBatch, Project, get_batch, new_batch
 from overnight.api.files import services
 from overnight.api.schemas import AUTH_ERRORS, CONFLICT, NOT_FOUND, BatchObject, ok
 from overnight.errors import Conflict, InvalidRequest
@@ -30,7 +30,6 @@ MAX_PAGE = 10_000
 MAX_CUSTOM_IDS = 100
 OUTCOMES = {"succeeded": RequestState.DONE, "failed": RequestState.FAILED}
 RETRY_OF = "overnight_retry_of"
-MAX_METADATA_PAIRS = 16
 
 
 @router.get("/batches/{batch_id}/results", response_model=None, responses=NOT_FOUND)

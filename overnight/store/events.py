@@ -3,7 +3,8 @@ from one process at a time, and a dead sender's events go to another once its le
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from overnight.store.base import OutboxEvent
@@ -25,10 +26,11 @@ def event_values(event: OutboxEvent) -> dict[str, object]:
 
 
 async def add_event(conn: AsyncConnection, event: OutboxEvent) -> None:
-    """Insert in the caller's transaction (a batch's close and its event commit together)."""
-    exists = select(events.c.id).where(events.c.id == event.id)
-    if (await conn.execute(exists)).first() is None:
-        await conn.execute(insert(events).values(**event_values(event)))
+    """Insert in the caller's transaction (a batch's close and its event commit together);
+    an id already there is kept, in one statement, so two inserts cannot race."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    query = dialect.insert(events).values(**event_values(event))
+    await conn.execute(query.on_conflict_do_nothing(index_elements=[events.c.id]))
 
 
 class EventRepo:

@@ -51,6 +51,17 @@ class _Request:
     lease_until: float | None = None
     finished_at: float | None = None
 
+    def outcome(self) -> tuple[str, int, int | None, bytes | None, str | None, str | None]:
+        """What a results row shows after its line number: custom_id ... upstream id."""
+        return (
+            self.custom_id,
+            self.state,
+            self.status_code,
+            self.response,
+            self.error,
+            self.upstream_request_id,
+        )
+
     def free(self, state: int = PENDING) -> None:
         self.state, self.lease_owner, self.lease_until = state, None, None
         if state in (DONE, FAILED):
@@ -158,15 +169,7 @@ class MemoryLedger:
 
     async def results(self, batch_seq: int, page: int = 5000) -> AsyncIterator[ResultRow]:
         for r in sorted(self._of(batch_seq), key=lambda r: r.line):
-            yield ResultRow(
-                r.line,
-                r.custom_id,
-                r.state,
-                r.status_code,
-                r.response,
-                r.error,
-                r.upstream_request_id,
-            )
+            yield ResultRow(r.line, *r.outcome())
 
     async def finished_page(
         self,
@@ -184,16 +187,7 @@ class MemoryLedger:
         wanted = {state} if state is not None else {DONE, FAILED}
         ids = set(custom_ids)
         page = [
-            FinishedRow(
-                r.id,
-                r.line,
-                r.custom_id,
-                r.state,
-                r.status_code,
-                r.response,
-                r.error,
-                r.upstream_request_id,
-            )
+            FinishedRow(r.id, r.line, *r.outcome())
             for r in rows
             if after < r.id < barrier and r.state in wanted and (not ids or r.custom_id in ids)
         ]
