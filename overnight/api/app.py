@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from overnight import __version__
+from overnight import __version__, task_dump
 from overnight.api import batches, errors, files, results
 from overnight.api.auth import KeyRing
 from overnight.api.limits import BodyLimitMiddleware
@@ -55,6 +56,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = services or await Services.open(settings)
+        if services is None:
+            task_dump.install(asyncio.get_running_loop())
         app.state.services = svc
         app.state.keys = KeyRing(settings.api_keys, svc.store.keys, settings.key_cache_seconds)
         scheduler = Scheduler(svc) if settings.run_executor else None

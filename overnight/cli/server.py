@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from overnight import settings as settings_mod
+from overnight import task_dump
 from overnight.cli.app import app
 from overnight.errors import ConfigError
 from overnight.loopback import is_loopback
@@ -222,6 +223,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        task_dump.install(loop)
         log.info("worker %s running", svc.owner)
         await stop.wait()
         scheduler.begin_drain()

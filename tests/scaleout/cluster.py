@@ -4,6 +4,7 @@ processes, on one PostgreSQL database and one S3 bucket, against a stub upstream
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 import uuid
@@ -88,8 +89,15 @@ class Cluster:
             p.stop(timeout=10)
 
     def dump_logs(self) -> None:
+        # Each live process logs where its asyncio tasks wait (overnight/task_dump.py).
+        alive = [p for p in [self.api, *self.workers] if p.process and p.process.poll() is None]
+        for p in alive:
+            assert p.process is not None
+            p.process.send_signal(signal.SIGUSR1)
+        if alive:
+            time.sleep(1.0)
         for p in [self.api, *self.workers]:
-            sys.stderr.write(f"\n--- {p.command} {p.log_path} ---\n{p.log()[-6000:]}")
+            sys.stderr.write(f"\n--- {p.command} {p.log_path} ---\n{p.log()[-40000:]}")
 
     async def db(self) -> Any:
         return await asyncpg.connect(self.database_url)
