@@ -8,7 +8,10 @@ minute. Here the budget lives in the store (store/base.py `FleetStore`):
   few transactions a second however fast requests go;
 - `max_concurrency` is shared as leased slots, renewed every second; a worker
   that dies stops renewing and its slots are free again after SLOT_LEASE;
-- a rate one worker learns from headers is written for the others to pace to.
+- a rate one worker learns from headers is written for the others to pace to;
+- each worker with work for the route says so (`present`, renewed at each sync), so
+  that an allowance the upstream's headers tell (`remaining` before the reset) is
+  split between the workers spending it.
 
 On a single-process store (SQLite) none of this runs: the lane's own buckets are
 the whole fleet.
@@ -32,6 +35,10 @@ log = logging.getLogger("overnight.fleet")
 
 CHUNK_SECONDS = 0.1  # a draw from a shared bucket: this many seconds of its rate
 SYNC_EVERY = 1.0
+# Just after a route gets work, how often a worker looks who else is on it: workers start
+# a batch within a poll of each other, and the first window of a told limit is theirs.
+JOINING_SYNC_EVERY = 0.2
+JOINING_FOR = 2.0
 SLOT_LEASE = 10.0  # a dead worker's slots are free again after this
 
 
@@ -161,8 +168,9 @@ class FleetLimits:
         self.max_concurrency = max_concurrency
         self.clock = clock
         self._shared_rate: float | None = None
-        self._learnt = asyncio.Event()
+        self._learnt = asyncio.Event()  # also set by `wake`
         self._pace: SharedPace | None = None
+        self._busy_since: float | None = None  # the route got work then (None: idle)
         self.idle: Callable[[], bool] = lambda: False  # the lane's: nothing to send
         limiter.on_learnt = self._on_learnt
         if rpm:
@@ -181,8 +189,17 @@ class FleetLimits:
             except Exception as exc:
                 log_failure(log, exc, "could not sync the fleet's limits for %s", self.route)
             self._learnt.clear()
-            with contextlib.suppress(TimeoutError):  # woken early by `_on_learnt`
-                await asyncio.wait_for(self._learnt.wait(), SYNC_EVERY)
+            joining = self._busy_since is not None and (
+                self.clock() - self._busy_since < JOINING_FOR
+            )
+            with contextlib.suppress(TimeoutError):  # woken early by `_on_learnt`, `wake`
+                await asyncio.wait_for(
+                    self._learnt.wait(), JOINING_SYNC_EVERY if joining else SYNC_EVERY
+                )
+
+    def wake(self) -> None:
+        """The lane got batches to run: say so to the fleet now, not at the next sync."""
+        self._learnt.set()
 
     def _on_learnt(self, rate: float) -> None:
         """This worker's own headers told a rate: pace the fleet's bucket to it at once
@@ -211,11 +228,20 @@ class FleetLimits:
     async def sync(self) -> None:
         now = self.clock()
         limiter = self.limiter
+        idle = self.idle()
+        if idle:
+            self._busy_since = None
+        elif self._busy_since is None:
+            self._busy_since = now
+        present = await self.fleet.present(
+            self.route, self.owner, now, None if idle else now + SLOT_LEASE
+        )
+        limiter.fleet_size = 1 if idle else max(1, present)
         if self.max_concurrency:
             held = await self.fleet.lease_slots(
                 self.route,
                 self.owner,
-                0 if self.idle() else max(1, limiter.wanted),
+                0 if idle else max(1, limiter.wanted),
                 self.max_concurrency,
                 now,
                 now + SLOT_LEASE,

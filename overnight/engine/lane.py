@@ -140,6 +140,8 @@ class Lane:
 
     async def set_batches(self, batches: list[ActiveBatch]) -> None:
         new = {b.seq: b for b in batches}
+        if new and not self.batches and self.fleet is not None:
+            self.fleet.wake()
         gone = set(self.batches) - set(new)
         self._drained &= set(new)
         self.batches = new

@@ -15,7 +15,8 @@ successes, x0.7 on overload signals at most once per window), bounded by:
 
 `x-ratelimit-remaining-requests` with its reset is also an allowance: once the
 upstream says only N more requests fit before the reset, at most N more are
-sent until then, less those sent since the request that carried the header.
+sent until then, less those sent since the request that carried the header; in a
+fleet of k workers on the route, each sends N / k of them.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Limiter:
         self.rpm: Bucket | None = TokenBucket(rpm, max(1.0, rpm / 60.0), clock) if rpm else None
         self.tpm: Bucket | None = TokenBucket(tpm, max(1.0, tpm / 6.0), clock) if tpm else None
         self.fleet_cap: int | None = None  # slots the fleet lets this process hold
+        self.fleet_size = 1  # workers sending to this upstream: a told allowance is theirs
         self.shared_pace: Bucket | None = None  # a learnt pace the whole fleet keeps
 
     @property
@@ -250,7 +252,8 @@ class Limiter:
                     if rate is not None and rate != before and self.on_learnt is not None:
                         self.on_learnt(rate)
                     continue  # a budget with a refill rate: the learnt pace keeps it
-                self.allowance = int(left) - (self.sent - seq)
+                # Others of the fleet spend the same allowance: each takes its part.
+                self.allowance = int(left / self.fleet_size) - (self.sent - seq)
                 self.allowance_until = self.clock() + min(reset, MAX_RESET)
             if left <= 0:
                 self.pause(reset)

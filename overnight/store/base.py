@@ -364,7 +364,12 @@ class FleetStore(Protocol):
         as `in_use` until they answer, so nobody is granted slots that are still busy."""
 
     async def release_slots(self, owner: str) -> None:
-        """Give back every slot `owner` holds (a graceful stop)."""
+        """Give back every slot `owner` holds (a graceful stop), and its presence."""
+
+    async def present(self, group: str, owner: str, now: float, until: float | None) -> int:
+        """Mark `owner` present in `group` until `until` (None: gone now) and return how
+        many owners are present at `now`, `owner` included when present. An owner that
+        dies stops renewing and counts for nothing once its `until` has passed."""
 
     async def set_learnt(self, route: str, rate_per_s: float, now: float) -> None:
         """Share a request rate learnt from the upstream's headers (last writer wins)."""

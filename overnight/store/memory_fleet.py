@@ -29,6 +29,7 @@ class MemoryFleet:
         self.buckets: dict[str, _Bucket] = {}
         self.slots: dict[str, dict[str, _Lease]] = {}  # route -> owner -> lease
         self.rates: dict[str, tuple[float, float]] = {}  # route -> (rate, learnt at)
+        self.presence: dict[str, dict[str, float]] = {}  # group -> owner -> present until
 
     async def take(
         self, bucket: str, want: float, rate_per_s: float, burst: float, now: float
@@ -71,6 +72,18 @@ class MemoryFleet:
     async def release_slots(self, owner: str) -> None:
         for leases in self.slots.values():
             leases.pop(owner, None)
+        for members in self.presence.values():
+            members.pop(owner, None)
+
+    async def present(self, group: str, owner: str, now: float, until: float | None) -> int:
+        members = self.presence.setdefault(group, {})
+        for dead in [o for o, end in members.items() if end < now]:
+            del members[dead]
+        if until is None:
+            members.pop(owner, None)
+        else:
+            members[owner] = until
+        return len(members)
 
     async def set_learnt(self, route: str, rate_per_s: float, now: float) -> None:
         self.rates[route] = (rate_per_s, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,6 +23,7 @@ from overnight.store.schema import fleet_buckets, fleet_routes, fleet_slots
 # The first key of the two-key advisory locks that guard a route's slots (the second is
 # hashtext(route)); the two-key space is apart from the migration's one-key lock.
 FLEET_LOCK = 0x666C_6574  # "flet"
+PRESENCE = "presence:"  # fleet_slots rows that say which workers are on a route
 
 
 class SqlFleet:
@@ -131,6 +132,26 @@ class SqlFleet:
     async def release_slots(self, owner: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(fleet_slots).where(fleet_slots.c.owner == owner))
+
+    async def present(self, group: str, owner: str, now: float, until: float | None) -> int:
+        # Rows of the slots' table that hold no slot; their own key space by the prefix.
+        key = PRESENCE + group
+        slots = fleet_slots.c
+        async with self.engine.begin() as conn:
+            await self._lock_route(conn, key)
+            await conn.execute(delete(fleet_slots).where(slots.route == key, slots.expires_at < now))
+            mine = (slots.route == key) & (slots.owner == owner)
+            if until is None:
+                await conn.execute(delete(fleet_slots).where(mine))
+            else:
+                values = {"held": 0, "want": 0, "expires_at": until}
+                await conn.execute(
+                    self._insert(fleet_slots)
+                    .values(route=key, owner=owner, **values)
+                    .on_conflict_do_update(index_elements=["route", "owner"], set_=values)
+                )
+            count = await conn.execute(select(func.count()).select_from(fleet_slots).where(slots.route == key))
+            return int(count.scalar() or 0)
 
     async def set_learnt(self, route: str, rate_per_s: float, now: float) -> None:
         values = {"learnt_rate": rate_per_s, "learnt_at": now}

@@ -222,6 +222,24 @@ async def test_a_learnt_rate_is_shared_and_ages_out(stores: list[Store]) -> None
     assert await a.learnt("other", T0 + 700) is None
 
 
+async def test_presence_counts_the_live_workers_of_a_route(stores: list[Store]) -> None:
+    a, b, c = (s.fleet for s in stores)
+    assert await a.present("r", "a", T0, T0 + 10) == 1
+    assert await b.present("r", "b", T0 + 1, T0 + 11) == 2
+    assert await c.present("r", "c", T0 + 2, T0 + 5) == 3
+    assert await c.present("other", "c", T0 + 2, T0 + 5) == 1  # routes apart
+    # Slots of the same route are not presence, nor the other way round.
+    assert await a.lease_slots("r", "a", 4, LIMIT, T0 + 2, T0 + 10) == 4
+    assert await a.present("r", "a", T0 + 3, T0 + 13) == 3
+    # c stops renewing (killed): it counts no more once its time is past.
+    assert await b.present("r", "b", T0 + 6, T0 + 16) == 2
+    # a has no work left: gone at once, and says so without counting itself.
+    assert await a.present("r", "a", T0 + 7, None) == 1
+    assert await b.lease_slots("r", "b", 10, LIMIT, T0 + 7, T0 + 17) == 6  # a's 4 held
+    await b.release_slots("b")  # a graceful stop takes its presence too
+    assert await a.present("r", "a", T0 + 8, T0 + 18) == 1
+
+
 async def test_a_batch_keeps_its_priority(stores: list[Store]) -> None:
     store = stores[0]
     urgent, plain = batch(priority=5), batch(status=BatchStatus.VALIDATING)

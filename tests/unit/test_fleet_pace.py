@@ -8,7 +8,8 @@ import heapq
 from collections.abc import Coroutine
 from typing import Any
 
-from overnight.engine.fleet import SharedPace, learnt_burst
+from overnight.engine.fleet import SLOT_LEASE, FleetLimits, SharedPace, learnt_burst
+from overnight.engine.limits import Limiter
 from overnight.store.memory_fleet import MemoryFleet
 
 T0 = 1_000_000.0
@@ -109,3 +110,27 @@ async def test_a_pace_learnt_at_a_full_upstream_starts_when_its_window_frees() -
 
     await fake.run(sends(2))
     assert [round(t - T0, 3) for t in sent] == [0.4, 0.42]
+
+
+async def test_workers_with_work_on_a_route_count_each_other() -> None:
+    fake, fleet = FakeTime(), MemoryFleet()
+    limits = []
+    for owner in "abc":
+        lim = FleetLimits(
+            fleet, "r", owner, Limiter(), rpm=None, tpm=None, max_concurrency=None, clock=fake.clock
+        )
+        limits.append(lim)
+    a, b, c = limits
+    c.idle = lambda: True  # no batch of this route
+    for lim in limits:
+        await lim.sync()
+    await a.sync()
+    assert [lim.limiter.fleet_size for lim in limits] == [2, 2, 1]
+    a.idle = lambda: True  # a's batches ended: b spends the allowance alone
+    await a.sync()
+    await b.sync()
+    assert (a.limiter.fleet_size, b.limiter.fleet_size) == (1, 1)
+    fake.now += SLOT_LEASE + 1  # b died without a word: c, getting work, is alone
+    c.idle = lambda: False
+    await c.sync()
+    assert c.limiter.fleet_size == 1

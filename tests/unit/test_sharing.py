@@ -204,6 +204,17 @@ def test_allowance_counts_what_was_sent_after_the_answer_that_told_it() -> None:
     assert lim.allowance == 2
 
 
+def test_a_fleet_splits_a_told_allowance_between_its_workers() -> None:
+    clock = Clock()
+    lim = Limiter(initial=16, ceiling=64, clock=clock)
+    lim.fleet_size = 3  # three workers send to this upstream; each sees the same count
+    first = lim.ticket()
+    lim.ticket()  # one more of this worker's own since
+    headers = {"x-ratelimit-remaining-requests": "31", "x-ratelimit-reset-requests": "1s"}
+    lim.on_success(headers, first)
+    assert lim.allowance == 31 // 3 - 1
+
+
 def test_told_rate_follows_openais_reset_meaning() -> None:
     h = {
         "x-ratelimit-limit-requests": "60",
