@@ -92,6 +92,14 @@ def main() -> None:
     print(f"ideal N/limit: {ideal:.1f} s; overnight: {took:.1f} s; ratio {took / ideal:.2f}")
     print(f"throughput: {n / took:.1f} req/s = {ideal / took:.2f} of the limit")
     print(f"429s received: {refused} ({refused / n:.1%} of requests)")
+    if refused:
+        # When they came, from the first one: at the start, or spread over the run.
+        times = stats["refused_at"]
+        spans = [(0.5, "first 0.5 s"), (2.0, "first 2 s")]
+        print(
+            "429s in the "
+            + ", ".join(f"{label}: {sum(t - times[0] <= s for t in times)}" for s, label in spans)
+        )
 
 
 if __name__ == "__main__":

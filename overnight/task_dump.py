@@ -8,6 +8,7 @@ which, without attaching a debugger to a production process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import signal
@@ -21,7 +22,7 @@ def describe_tasks(limit: int = 12) -> str:
     tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
     out.write(f"{len(tasks)} asyncio tasks\n")
     for task in tasks:
-        out.write(f"--- {task.get_name()} ({task._state.lower()})\n")  # noqa: SLF001
+        out.write(f"--- {task.get_name()} ({'done' if task.done() else 'pending'})\n")
         task.print_stack(limit=limit, file=out)
     return out.getvalue()
 
@@ -31,7 +32,6 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     sig = getattr(signal, "SIGUSR1", None)
     if sig is None:
         return
-    try:
+    # Not in the main thread (an app served inside a test's thread): no signals there.
+    with contextlib.suppress(ValueError, RuntimeError):
         loop.add_signal_handler(sig, lambda: log.warning("SIGUSR1: %s", describe_tasks()))
-    except (ValueError, RuntimeError):
-        pass  # not the main thread (an app served inside a test's thread): no signals

@@ -119,19 +119,27 @@ class SharedPace:
         self._drawing = asyncio.Lock()
         self.not_before = 0.0  # nothing is reserved before this (the upstream is full)
 
+    def hold_until(self, when: float) -> None:
+        """The upstream said it is full until `when`: no send of the fleet's before then.
+        Times this worker reserved before are dropped: they would go into the full window."""
+        if when > self.not_before:
+            self.not_before = when
+            self._due.clear()
+
     async def take(self, amount: float = 1.0) -> None:
         async with self._drawing:
-            if not self._due and self.not_before > self.clock():
-                await self.sleep(self.not_before - self.clock())
             now = self.clock()
             # A reserved time long past is not saved up: sent late, it would add to
             # whatever the fleet sends now.
             while self._due and self._due[0] < now - CHUNK_SECONDS:
                 self._due.popleft()
             while not self._due:
+                # The hold goes on the fleet's one schedule, so that the workers that did
+                # not see the upstream full wait for it too.
+                hold = self.not_before if self.not_before > now else None
                 try:
                     level = await self.fleet.reserve(
-                        self.name, self.chunk, self.rate, self.burst, now
+                        self.name, self.chunk, self.rate, self.burst, now, hold
                     )
                 except Exception as exc:
                     log_failure(log, exc, "could not draw from the shared pace %s", self.name)
@@ -171,14 +179,17 @@ class FleetLimits:
         self._learnt = asyncio.Event()  # also set by `wake`
         self._pace: SharedPace | None = None
         self._busy_since: float | None = None  # the route got work then (None: idle)
+        self._hold_until = 0.0  # the upstream said it is full until then (unix time)
         self.idle: Callable[[], bool] = lambda: False  # the lane's: nothing to send
         limiter.on_learnt = self._on_learnt
+        limiter.on_pause = self._hold
         if rpm:
             limiter.rpm = SharedBucket(fleet, f"rpm:{route}", rpm, max(1.0, rpm / 60.0), clock)
         if tpm:
             limiter.tpm = SharedBucket(fleet, f"tpm:{route}", tpm, max(1.0, tpm / 6.0), clock)
-        if max_concurrency:
-            limiter.fleet_cap = 0  # nothing is sent before the first lease
+        # Nothing is sent before the first sync: a worker joining a route the fleet
+        # already sends to learns its lease, its pace and who else is there first.
+        limiter.fleet_cap = 0
 
     async def run(self) -> None:
         while True:
@@ -188,6 +199,8 @@ class FleetLimits:
                 raise
             except Exception as exc:
                 log_failure(log, exc, "could not sync the fleet's limits for %s", self.route)
+                if not self.max_concurrency:
+                    self.limiter.set_fleet_cap(None)  # the store is away: pace alone
             self._learnt.clear()
             joining = self._busy_since is not None and (
                 self.clock() - self._busy_since < JOINING_FOR
@@ -208,11 +221,17 @@ class FleetLimits:
         self._pace_to(rate)
         self._learnt.set()
         own = self.limiter.learner.bucket
-        if own is not None and self._pace is not None:
+        if own is not None:
             # The headers said the upstream is full (the learner starts in debt by what
             # was sent since): the shared schedule starts when this worker's own would.
-            start = self.clock() + own.wait_for()
-            self._pace.not_before = max(self._pace.not_before, start)
+            self._hold(own.wait_for())
+
+    def _hold(self, seconds: float) -> None:
+        """The upstream is full for `seconds` (a 429's `retry-after`, or the learnt
+        budget's debt): the fleet's schedule sends nothing before then."""
+        self._hold_until = max(self._hold_until, self.clock() + seconds)
+        if self._pace is not None:
+            self._pace.hold_until(self._hold_until)
 
     def _pace_to(self, rate: float | None) -> None:
         limiter = self.limiter
@@ -223,20 +242,25 @@ class FleetLimits:
             self._pace = SharedPace(
                 self.fleet, f"learnt:{self.route}", per_second, learnt_burst(rate), self.clock
             )
+            self._pace.hold_until(self._hold_until)  # a refusal came just before
             limiter.shared_pace = self._pace
 
     async def sync(self) -> None:
         now = self.clock()
         limiter = self.limiter
         idle = self.idle()
-        if idle:
-            self._busy_since = None
-        elif self._busy_since is None:
-            self._busy_since = now
+        joining = not idle and self._busy_since is None
+        self._busy_since = None if idle else (self._busy_since or now)
         present = await self.fleet.present(
             self.route, self.owner, now, None if idle else now + SLOT_LEASE
         )
         limiter.fleet_size = 1 if idle else max(1, present)
+        if joining and present > 1 and limiter.slow_start:
+            # Others send to this upstream already, maybe at its limit: this worker's
+            # first requests would go out before it has seen one answer. It sends one,
+            # whose answer tells the upstream's state (its rate-limit headers, its
+            # time), and grows from there in slow start: a round trip per doubling.
+            limiter.limit = float(limiter.floor)
         if self.max_concurrency:
             held = await self.fleet.lease_slots(
                 self.route,
@@ -254,6 +278,8 @@ class FleetLimits:
             self._shared_rate = learnt
         shared = await self.fleet.learnt(self.route, now, LEARNT_TTL)
         self._pace_to(shared)
+        if not self.max_concurrency:
+            limiter.set_fleet_cap(None)  # synced once: free to send
 
     async def release(self) -> None:
         try:

@@ -71,6 +71,8 @@ class Limiter:
         self.on_grow: Callable[[], None] | None = None
         # Called with the rate the learner keeps when it changes (a fleet shares it).
         self.on_learnt: Callable[[float], None] | None = None
+        # Called with the seconds of each pause the upstream asked for (a fleet shares it).
+        self.on_pause: Callable[[float], None] | None = None
         self.epoch = 0  # bumped at each decrease; requests remember the epoch they left in
         self.sent = 0
         self.outstanding = 0  # sent and not yet answered (`ticket` .. `finished`)
@@ -225,7 +227,10 @@ class Limiter:
             self._read_headers(headers, ticket)
 
     def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, self.clock() + min(seconds, MAX_RESET))
+        seconds = min(seconds, MAX_RESET)
+        self.paused_until = max(self.paused_until, self.clock() + seconds)
+        if self.on_pause is not None:
+            self.on_pause(seconds)
 
     def _read_headers(self, headers: Any, ticket: Ticket | None) -> None:
         for kind in ("requests", "tokens"):

@@ -339,13 +339,21 @@ class FleetStore(Protocol):
         call replace the stored ones (a route's limit may change, a learnt one moves)."""
 
     async def reserve(
-        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+        self,
+        bucket: str,
+        want: int,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        not_before: float | None = None,
     ) -> float:
         """Take `want` tokens of the same kind of bucket whether it holds them or not:
         the level may go below zero, a debt the refill pays off. Returns the level
         before (refilled to `now`): token i of the `want` exists at
         now + max(0, i - level) / rate_per_s, so every worker's reservations share one
-        schedule and the fleet sends at the rate, never faster."""
+        schedule and the fleet sends at the rate, never faster. `not_before`: the
+        schedule holds no token before then (the upstream said it is full until then),
+        for this reservation and every later one; it never moves the schedule earlier."""
 
     async def lease_slots(
         self,

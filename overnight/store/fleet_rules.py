@@ -19,6 +19,15 @@ def refill(level: float, stamp: float, rate_per_s: float, burst: float, now: flo
     return min(burst, level + max(0.0, now - stamp) * rate_per_s)
 
 
+def held_until(level: float, rate_per_s: float, now: float, not_before: float | None) -> float:
+    """A level that yields no token before `not_before`: a schedule in debt until then,
+    or further, as it was. (Token i of a level exists at now + (i - level) / rate, so
+    the first one, i = 1, comes at `not_before`.)"""
+    if not_before is None or not_before <= now:
+        return level
+    return min(level, 1.0 - (not_before - now) * rate_per_s)
+
+
 def grant(level: float, want: float) -> float:
     """What a take of `want` gets from a bucket at `level` (0 when it is empty).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from overnight.store.fleet_rules import grant, lease_grant, refill
+from overnight.store.fleet_rules import grant, held_until, lease_grant, refill
 
 
 @dataclass(slots=True)
@@ -41,10 +41,17 @@ class MemoryFleet:
         return got
 
     async def reserve(
-        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+        self,
+        bucket: str,
+        want: int,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        not_before: float | None = None,
     ) -> float:
         b = self.buckets.setdefault(bucket, _Bucket(burst, now))
         level = refill(b.level, b.stamp, rate_per_s, burst, now)
+        level = held_until(level, rate_per_s, now, not_before)
         b.level, b.stamp = level - want, max(b.stamp, now)
         return level
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from overnight.store.fleet_rules import grant, lease_grant, refill
+from overnight.store.fleet_rules import grant, held_until, lease_grant, refill
 from overnight.store.schema import fleet_buckets, fleet_routes, fleet_slots
 
 # The first key of the two-key advisory locks that guard a route's slots (the second is
@@ -42,9 +42,17 @@ class SqlFleet:
         return got
 
     async def reserve(
-        self, bucket: str, want: int, rate_per_s: float, burst: float, now: float
+        self,
+        bucket: str,
+        want: int,
+        rate_per_s: float,
+        burst: float,
+        now: float,
+        not_before: float | None = None,
     ) -> float:
-        level, _got = await self._draw(bucket, rate_per_s, burst, now, lambda _lv: float(want))
+        level, _got = await self._draw(
+            bucket, rate_per_s, burst, now, lambda _lv: float(want), not_before
+        )
         return level
 
     async def _draw(
@@ -54,6 +62,7 @@ class SqlFleet:
         burst: float,
         now: float,
         amount: Callable[[float], float],
+        not_before: float | None = None,
     ) -> tuple[float, float]:
         """(the level refilled to `now`, what was taken: `amount(level)`), in one
         transaction holding the bucket's row."""
@@ -73,6 +82,7 @@ class SqlFleet:
                 )
             ).one()
             level = refill(row.level, row.stamp, rate_per_s, burst, now)
+            level = held_until(level, rate_per_s, now, not_before)
             got = amount(level)
             await conn.execute(
                 update(fleet_buckets)
@@ -139,7 +149,9 @@ class SqlFleet:
         slots = fleet_slots.c
         async with self.engine.begin() as conn:
             await self._lock_route(conn, key)
-            await conn.execute(delete(fleet_slots).where(slots.route == key, slots.expires_at < now))
+            await conn.execute(
+                delete(fleet_slots).where(slots.route == key, slots.expires_at < now)
+            )
             mine = (slots.route == key) & (slots.owner == owner)
             if until is None:
                 await conn.execute(delete(fleet_slots).where(mine))
@@ -150,7 +162,9 @@ class SqlFleet:
                     .values(route=key, owner=owner, **values)
                     .on_conflict_do_update(index_elements=["route", "owner"], set_=values)
                 )
-            count = await conn.execute(select(func.count()).select_from(fleet_slots).where(slots.route == key))
+            count = await conn.execute(
+                select(func.count()).select_from(fleet_slots).where(slots.route == key)
+            )
             return int(count.scalar() or 0)
 
     async def set_learnt(self, route: str, rate_per_s: float, now: float) -> None:

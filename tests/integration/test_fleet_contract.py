@@ -126,6 +126,16 @@ async def test_reservations_put_every_worker_on_one_schedule(stores: list[Store]
     assert levels == [1.0 - 2 * i for i in range(30)]
 
 
+async def test_a_hold_keeps_the_whole_schedule_back_and_never_forward(stores: list[Store]) -> None:
+    a, b = stores[0].fleet, stores[1].fleet
+    # Full until T0 + 2: the first token of the schedule comes then (level 1 - 2 * 10).
+    assert await a.reserve("pace", 5, 10.0, 1.0, T0, not_before=T0 + 2) == -19.0
+    assert await b.reserve("pace", 1, 10.0, 1.0, T0) == -24.0  # after the held five
+    # A hold that ends sooner than the debt moves nothing.
+    assert await a.reserve("pace", 1, 10.0, 1.0, T0, not_before=T0 + 0.1) == -25.0
+    assert await b.reserve("pace", 1, 10.0, 1.0, T0 + 100, not_before=T0 + 50) == 1.0
+
+
 async def test_slots_share_fairly_and_never_exceed_the_limit(stores: list[Store]) -> None:
     held: dict[str, int] = {}
 

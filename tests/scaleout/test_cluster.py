@@ -109,7 +109,19 @@ async def test_worker_killed_mid_batch(tmp_path: Path, pg_url: str, s3_env: dict
                 assert held_by_victim, "the killed worker held no leases: nothing was tested"
                 assert len(finished_at_kill) < n
 
-                done = await _wait(client, batch.id, _terminal, timeout=150)
+                try:
+                    done = await _wait(client, batch.id, _terminal, timeout=150)
+                except AssertionError as stalled:
+                    # Where the rest stands: which states and owners, and the stub's view.
+                    states = await conn.fetch(
+                        "SELECT state, lease_owner, count(*) AS n, min(lease_until) AS until"
+                        " FROM requests WHERE state IN (0, 1) GROUP BY state, lease_owner"
+                    )
+                    stats = httpx.get(f"{stub.base_url}/_stats").json()
+                    raise AssertionError(
+                        f"{stalled}\nopen requests: {[dict(r) for r in states]}\n"
+                        f"now {time.time():.1f}; stub: {stats}"
+                    ) from None
                 assert done.status == "completed", done
                 assert done.request_counts.total == n
                 assert done.request_counts.completed == n

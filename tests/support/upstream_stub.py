@@ -369,6 +369,10 @@ class StubApp:
     def reset(self) -> None:
         self.received = 0
         self.by_status: dict[int, int] = {}
+        self.started_at = time.monotonic()
+        # When the first refusals (429) went out, seconds after the reset: a bench reads
+        # whether a pacer's refusals come at its start or all along.
+        self.refused_at: list[float] = []
         self.by_endpoint: dict[str, int] = {}
         self.max_in_flight = self.in_flight
         self.slots.peak_running, self.slots.peak_waiting = self.slots.running, self.slots.waiting
@@ -407,6 +411,7 @@ class StubApp:
             "received": self.received,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "by_endpoint": dict(self.by_endpoint),
+            "refused_at": self.refused_at,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "running": running,
@@ -712,6 +717,8 @@ class StubApp:
     ) -> None:
         """A model request's answer (counted in by_status)."""
         self.by_status[status] = self.by_status.get(status, 0) + 1
+        if status == 429 and len(self.refused_at) < 1000:
+            self.refused_at.append(round(time.monotonic() - self.started_at, 3))
         await _respond(send, rid, status, payload, headers)
 
     async def _reply(self, send: _Send, status: int, payload: bytes) -> None:

@@ -100,16 +100,21 @@ async def test_a_reserved_time_long_past_is_not_saved_up_for_a_burst() -> None:
 async def test_a_pace_learnt_at_a_full_upstream_starts_when_its_window_frees() -> None:
     fake, fleet = FakeTime(), MemoryFleet()
     pace = SharedPace(fleet, "learnt:r", 50.0, 1.0, fake.clock, fake.sleep)
-    pace.not_before = T0 + 0.4  # what the learning worker's own budget said
+    other = SharedPace(fleet, "learnt:r", 50.0, 1.0, fake.clock, fake.sleep)
+    pace.hold_until(T0 + 0.4)  # what the learning worker's own budget said
     sent: list[float] = []
 
-    async def sends(n: int) -> None:
+    async def sends(p: SharedPace, n: int, after: float = 0.0) -> None:
+        await fake.sleep(after)
         for _ in range(n):
-            await pace.take()
+            await p.take()
             sent.append(fake.now)
 
-    await fake.run(sends(2))
-    assert [round(t - T0, 3) for t in sent] == [0.4, 0.42]
+    # The other worker saw no full upstream; it joins a little later, on the same
+    # schedule, and sends nothing into the full window either: its times come after the
+    # first worker's chunk of 5 (0.4 to 0.48).
+    await fake.run(sends(pace, 2), sends(other, 2, after=0.01))
+    assert [round(t - T0, 3) for t in sorted(sent)] == [0.4, 0.42, 0.5, 0.52]
 
 
 async def test_workers_with_work_on_a_route_count_each_other() -> None:
