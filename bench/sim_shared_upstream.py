@@ -1,7 +1,7 @@
 """A model, not a measurement: what a sharing policy can reach on bench_shared_upstream's server.
 
     .venv/bin/python bench/sim_shared_upstream.py [--slots 4] [--latency 0.5] [--load 0.3]
-        [--hours 2] [--stale 0.1]
+        [--hours 2] [--stale 0.1] [--window 300]
 
 A discrete-event simulation of the stub of bench_shared_upstream.py: `--slots` requests
 generate at once for exactly `--latency` seconds, the rest wait in a FIFO (or priority)
@@ -11,7 +11,9 @@ seeing the server's load as it was `--stale` seconds ago (the age of a /metrics 
 It prints, for each policy, the interactive p99 against the no-batch p99 and overnight's
 share of the spare capacity, over `--hours` of simulated time (so p99 is exact), and how
 much the no-batch p99 of a 30 s window (~70 samples) moves between seeds: the reason the
-real bench needs long windows before its p99 ratios mean anything.
+real bench needs long windows before its p99 ratios mean anything. Last, the spread of the
+ratio `reserve 1` / no batch that one `--window` s window of the bench (one seeded arrival
+sequence for both) would show, across 40 seeds.
 
 Policies: `fixed N` keeps N requests in the server; `reserve R` keeps at most
 slots - R - (interactive requests in the server), the rule of overnight's yield controller
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.3)
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--stale", type=float, default=0.1, help="age of a load reading, s")
+    parser.add_argument("--window", type=float, default=300.0, help="a bench window, s")
     args = parser.parse_args()
     k, d = args.slots, args.latency
     common = {"slots": k, "latency": d, "load": args.load, "seconds": args.hours * 3600}
@@ -168,6 +171,29 @@ def main() -> None:
         "\nno-batch p99 of one 30 s window, 40 seeds: "
         f"min {estimates[0]:.3f}, median {estimates[20]:.3f}, max {estimates[-1]:.3f} s"
     )
+    window_spread(common, args.stale, args.window)
+
+
+def window_spread(common: dict[str, float], stale: float, window: float, seeds: int = 40) -> None:
+    """What one bench window of `window` s can say: the ratio `reserve 1` / no batch on the
+    same arrivals (one seed, as the bench runs both on one seeded client), across seeds."""
+    one = {**common, "seconds": 60.0 + window}
+    for scheduling in ("fifo", "priority"):
+        ratios, bases = [], []
+        for seed in range(seeds):
+            kw = {"stale": stale, "seed": seed, "priority": scheduling == "priority", **one}
+            base = p99(simulate(fixed(0), **kw)[0])
+            bases.append(base)
+            ratios.append(p99(simulate(reserve(1, int(common["slots"])), **kw)[0]) / base)
+        ratios.sort()
+        bases.sort()
+        at = [0, seeds // 10, seeds // 2, seeds - 1 - seeds // 10, seeds - 1]
+        spread = ", ".join(f"{ratios[i]:.2f}" for i in at)
+        print(
+            f"{scheduling}: reserve 1 / no batch in one {window:g} s window, {seeds} seeds "
+            f"(min, p10, median, p90, max): {spread}; no-batch p99 {bases[0]:.3f} to "
+            f"{bases[-1]:.3f} s"
+        )
 
 
 if __name__ == "__main__":
