@@ -250,7 +250,8 @@ class FleetLimits:
         limiter = self.limiter
         idle = self.idle()
         joining = not idle and self._busy_since is None
-        self._busy_since = None if idle else (self._busy_since or now)
+        if idle or joining:
+            self._busy_since = None if idle else now
         present = await self.fleet.present(
             self.route, self.owner, now, None if idle else now + SLOT_LEASE
         )

@@ -139,3 +139,56 @@ async def test_workers_with_work_on_a_route_count_each_other() -> None:
     c.idle = lambda: False
     await c.sync()
     assert c.limiter.fleet_size == 1
+
+
+async def test_a_worker_joining_others_on_a_route_starts_from_one_request() -> None:
+    fake, fleet = FakeTime(), MemoryFleet()
+
+    def limits(owner: str) -> FleetLimits:
+        return FleetLimits(
+            fleet,
+            "r",
+            owner,
+            Limiter(initial=16),
+            rpm=None,
+            tpm=None,
+            max_concurrency=None,
+            clock=fake.clock,
+        )
+
+    first, joiner = limits("a"), limits("b")
+    assert first.limiter.current == 0  # nothing goes out before the first sync
+    await first.sync()
+    assert first.limiter.current == 16  # alone on the route: its whole initial window
+    await joiner.sync()
+    assert joiner.limiter.current == 1  # the others may have filled the upstream
+    await first.sync()
+    assert first.limiter.current == 16  # later syncs change nothing of that
+
+
+async def test_a_refusal_holds_the_fleets_schedule_for_every_worker() -> None:
+    fake, fleet = FakeTime(), MemoryFleet()
+    told = FleetLimits(
+        fleet,
+        "r",
+        "a",
+        Limiter(clock=fake.clock),
+        rpm=None,
+        tpm=None,
+        max_concurrency=None,
+        clock=fake.clock,
+    )
+    other = SharedPace(fleet, "learnt:r", 50.0, 1.0, fake.clock, fake.sleep)
+    told._pace_to(50.0 / 0.985)  # the rate both pace to (MARGIN under it)
+    assert told._pace is not None
+    told._pace.sleep = fake.sleep
+    told.limiter.pause(0.5)  # a 429 said retry-after: 0.5
+    sent: list[float] = []
+
+    async def one(pace: SharedPace, after: float) -> None:
+        await fake.sleep(after)
+        await pace.take()
+        sent.append(round(fake.now - T0, 3))
+
+    await fake.run(one(told._pace, 0.0), one(other, 0.01))
+    assert min(sent) >= 0.5 and len(sent) == 2
